@@ -1,0 +1,135 @@
+"""Cheap image checks, image-file lookup by URL, and array encoding for the converters.
+
+Images are stored as their original encoded bytes; nothing here decodes pixels except
+`encode_array`, which encodes already-decoded arrays (TFDS) to PNG or JPEG.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import urllib.parse
+import warnings
+
+import numpy as np
+from PIL import Image
+
+# Formats the training pipeline accepts (Pillow's names).
+FORMATS = ("JPEG", "PNG", "WEBP")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+_EXT_VARIANTS = tuple(e for ext in EXTENSIONS for e in (ext, ext.upper())) + ("",)
+
+EMPTY_IMAGE = "empty_image"
+CORRUPT_IMAGE = "corrupt_image"
+UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"
+IMAGE_TOO_LARGE = "image_too_large"
+IMAGE_TOO_SMALL = "image_too_small"
+
+
+def check(data: bytes, *, min_size: int = 1, max_bytes: int = 32 << 20,
+          max_pixels: int = 100_000_000) -> str | None:
+  """Returns None for a usable encoded image, else the drop reason.
+
+  Reads only the header (size, format) and runs Pillow's `verify()` (PNG: chunk CRCs;
+  JPEG: header markers, plus a check that the data ends with an EOI marker, which catches
+  truncated downloads). Pixels are not decoded.
+  """
+  if not data:
+    return EMPTY_IMAGE
+  if len(data) > max_bytes:
+    return IMAGE_TOO_LARGE
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data)) as image:
+        fmt, (width, height) = image.format, image.size
+        if fmt not in FORMATS:
+          return UNSUPPORTED_IMAGE_FORMAT
+        if width * height > max_pixels:
+          return IMAGE_TOO_LARGE
+        if min(width, height) < min_size:
+          return IMAGE_TOO_SMALL
+        image.verify()
+  except Image.DecompressionBombError:
+    return IMAGE_TOO_LARGE
+  except Exception:  # Pillow raises many types for bad data
+    return CORRUPT_IMAGE
+  if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
+    return CORRUPT_IMAGE
+  return None
+
+
+def url_stems(url: str) -> list[str]:
+  """File stems an image downloaded from `url` may have been saved under.
+
+  The URL's last path component (percent-decoded) as is and without its extension, and
+  the sha1 and sha256 hex digests of the URL string.
+  """
+  stems = []
+  path = urllib.parse.urlsplit(url).path if "://" in url else url.split("?")[0]
+  base = urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1])
+  if base and base not in (".", ".."):
+    stems.append(base)
+    root = os.path.splitext(base)[0]
+    if root and root != base:
+      stems.append(root)
+  encoded = url.encode("utf-8", "surrogatepass")
+  stems.append(hashlib.sha1(encoded).hexdigest())
+  stems.append(hashlib.sha256(encoded).hexdigest())
+  return stems
+
+
+def find_file(url: str, directories: list[str]) -> str | None:
+  """The first existing file `dir/stem[.ext]` for the URL's stems (see `url_stems`)."""
+  for directory in directories:
+    for stem in url_stems(url):
+      if "/" in stem or "\\" in stem:
+        continue
+      for ext in _EXT_VARIANTS:
+        path = os.path.join(directory, stem + ext)
+        if os.path.isfile(path):
+          return path
+  return None
+
+
+def read_file(path: str) -> bytes | None:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+def decode_data_uri(uri: str) -> bytes | None:
+  """The bytes of a `data:[<mime>][;base64],<data>` URI, or None if it is malformed."""
+  header, sep, payload = uri.partition(",")
+  if not sep or not header.lower().startswith("data:"):
+    return None
+  try:
+    if header.lower().endswith(";base64"):
+      return base64.b64decode("".join(payload.split()), validate=False)
+    return urllib.parse.unquote_to_bytes(payload)
+  except ValueError:
+    return None
+
+
+def encode_array(pixels: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+  """Encodes a decoded image [H, W] or [H, W, C] (C in 1, 3, 4), uint8, to PNG or JPEG bytes."""
+  array = np.asarray(pixels)
+  if array.dtype != np.uint8:
+    raise ValueError(f"image array dtype {array.dtype} is not uint8")
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+    raise ValueError(f"image array shape {array.shape} is not [H, W] or [H, W, 1|3|4]")
+  image = Image.fromarray(array)
+  out = io.BytesIO()
+  if fmt == "jpeg":
+    image.convert("RGB").save(out, format="JPEG", quality=quality)
+  elif fmt == "png":
+    image.save(out, format="PNG")
+  else:
+    raise ValueError(f"image encoding {fmt!r} is not one of 'png', 'jpeg'")
+  return out.getvalue()
