@@ -64,7 +64,8 @@ def _samples(path: str, ctx: Context) -> Iterator[tuple[str, dict[str, bytes]]]:
           handle = archive.extractfile(member)
           parts[ext] = handle.read() if handle else b""
   except (tarfile.TarError, EOFError, OSError, zlib.error):
-    ctx.drop(CORRUPT_ARCHIVE)
+    ctx.drop(CORRUPT_ARCHIVE)  # the sample being read is lost with the rest of the file
+    return
   if key is not None:
     yield key, parts
 

@@ -1,0 +1,117 @@
+"""`prepare.py webdataset`: real tar shards of key.{jpg,png,webp} + key.{txt,json}."""
+
+import importlib.util
+import io
+import json
+import os
+import tarfile
+
+from PIL import Image
+
+from kosmos.data import records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("prepare", os.path.join(ROOT, "data", "prepare.py"))
+prepare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prepare)
+
+
+def _image(color, fmt="JPEG", size=16):
+  out = io.BytesIO()
+  Image.new("RGB", (size, size), color).save(out, format=fmt)
+  return out.getvalue()
+
+
+def _tar(path, members, mode="w"):
+  with tarfile.open(path, mode) as tar:
+    for name, data in members:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+
+
+RED, BLUE, GREEN, GRAY = (_image((255, 0, 0)), _image((0, 0, 255), "PNG"),
+                          _image((0, 255, 0), "WEBP"), _image((90, 90, 90)))
+
+
+def _inputs(tmp_path):
+  src = tmp_path / "shards"
+  src.mkdir()
+  _tar(src / "00000.tar", [
+      ("000.jpg", RED), ("000.txt", b"  a red square \n"), ("000.json", b'{"url": "http://r"}'),
+      ("001.png", BLUE), ("001.json", json.dumps({"caption": "blue", "url": "http://b"}).encode()),
+      ("002.jpg", _image((1, 2, 3))), ("002.txt", b"   "),                 # empty_text
+      ("003.jpg", b"\xff\xd8 not a jpeg"), ("003.txt", b"corrupt"),        # corrupt_image
+      ("004.jpg", b""), ("004.txt", b"zero bytes"),                        # empty_image
+      ("005.jpg", RED), ("005.txt", b"same image again"),                  # duplicate_image
+      ("006.jpg", _image((4, 5, 6))), ("006.txt", b"caf\xe9"),             # invalid_utf8
+      ("007.txt", b"caption without image"),                               # missing_image
+      ("008.jpg", _image((7, 8, 9))), ("008.json", b"{broken"),           # invalid_json
+      ("009.webp", _image((9, 9, 9), "WEBP")), ("009.json", b'{"alt": "x"}'),  # missing_field
+      ("010.WEBP", GREEN), ("010.TXT", "grün".encode()),
+      ("011.png", _image((3, 3, 3), "PNG", size=2)), ("011.txt", b"tiny"),  # image_too_small
+      ("012.jpg", _image((5, 5, 5))[:-40]), ("012.txt", b"truncated"),     # corrupt_image
+      ("part/013.jpeg", GRAY), ("part/013.txt", b"nested"), ("part/013.cls", b"7"),
+  ])
+  _tar(src / "00001.tar.gz", [("100.jpg", _image((0, 0, 0))), ("100.txt", b"from gzip")],
+       mode="w:gz")
+  full = io.BytesIO()
+  with tarfile.open(fileobj=full, mode="w") as tar:
+    for name, data in [("200.jpg", _image((20, 20, 20))), ("200.txt", b"before the cut"),
+                       ("201.jpg", _image((21, 21, 21))), ("201.txt", b"lost")]:
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  full.seek(0)
+  with tarfile.open(fileobj=full) as tar:
+    cut = tar.getmember("201.jpg").offset_data + 100
+  (src / "00002.tar").write_bytes(full.getvalue()[:cut])  # ends inside member 201.jpg
+  return src
+
+
+def test_webdataset_records_and_drops(tmp_path):
+  src = _inputs(tmp_path)
+  out = tmp_path / "out"
+  assert prepare.main(["webdataset", "--input", str(src), "--output", str(out),
+                       "--min-image-size", "4"]) == 0
+  got = list(records.read_dir(str(out)))
+  assert [(r["id"], r["segments"][1]["text"]) for r in got] == [
+      ("00000.tar/000", "a red square"), ("00000.tar/001", "blue"), ("00000.tar/010", "grün"),
+      ("00000.tar/part/013", "nested"), ("00001.tar.gz/100", "from gzip"),
+      ("00002.tar/200", "before the cut")]
+  assert [r["segments"][0]["image"] for r in got[:4]] == [RED, BLUE, GREEN, GRAY]
+  assert all(r["kind"] == "pair" and len(r["segments"]) == 2 for r in got)
+  assert got[0]["meta"] == {"key": "000", "file": "00000.tar", "url": "http://r"}
+  assert got[1]["meta"]["url"] == "http://b"
+  manifest = records.read_manifest(str(out))
+  assert manifest["dropped"] == {
+      "corrupt_archive": 1, "corrupt_image": 2, "duplicate_image": 1, "empty_image": 1,
+      "empty_text": 1, "image_too_small": 1, "invalid_json": 1, "invalid_utf8": 1,
+      "missing_field": 1, "missing_image": 1}
+  assert manifest["kinds"] == {"pair": 6}
+
+
+def test_webdataset_json_captions_and_workers(tmp_path):
+  src = tmp_path / "s"
+  src.mkdir()
+  for t in range(3):
+    members = []
+    for i in range(3):
+      members += [(f"{t}{i}.json", json.dumps({"meta": {"alt": f"alt {t}{i}"}}).encode()),
+                  (f"{t}{i}.jpg", _image((t * 40, i * 40, 7)))]
+    _tar(src / f"{t:05d}.tar", members)
+  outs = []
+  for workers in (1, 2):
+    out = tmp_path / f"w{workers}"
+    assert prepare.main(["webdataset", "--input", str(src / "*.tar"), "--output", str(out),
+                         "--shards", "3", "--caption-field", "meta/alt", "--text-from", "json",
+                         "--workers", str(workers)]) == 0
+    outs.append(out)
+  got = [list(records.read_dir(str(out))) for out in outs]
+  assert got[0] == got[1]
+  assert [(r["id"], r["segments"][1]["text"]) for r in got[0]] == [
+      (f"{t:05d}.tar/{t}{i}", f"alt {t}{i}") for t in range(3) for i in range(3)]
+  assert [r["segments"][0]["image"] for r in got[0]] == [
+      _image((t * 40, i * 40, 7)) for t in range(3) for i in range(3)]
+  assert records.read_manifest(str(outs[1]))["shards"] == records.read_manifest(
+      str(outs[0]))["shards"]
