@@ -67,6 +67,8 @@ def data() -> ml_collections.ConfigDict:
       vector_dim=0,  # D of PaLM-E style state vectors (one vector-slot token each)
       mix_estimate_records=256,  # records per source read to estimate tokens per document
       prefetch_buffer=4,  # batches buffered per mp_prefetch worker
+      read_threads=2,  # threads decoding records per source (Pillow releases the GIL)
+      read_buffer=32,  # decoded documents buffered per source
   ))
 
 

@@ -43,6 +43,7 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+from absl import flags
 import grain
 import ml_collections
 import numpy as np
@@ -242,7 +243,8 @@ def make_dataset(data: ml_collections.ConfigDict, tokenizer: ml_collections.Conf
     ds = _source_dataset(source.path, seed, process_index, process_count)
     proportions.append(source.weight / mean_doc_tokens(ds, convert, data.mix_estimate_records,
                                                        name))
-    docs.append(ds.repeat().map(convert).to_iter_dataset())
+    docs.append(ds.repeat().map(convert).to_iter_dataset(grain.ReadOptions(
+        num_threads=data.read_threads, prefetch_buffer_size=data.read_buffer)))
   if len(docs) == 1:
     mixed = docs[0]
   else:
@@ -259,6 +261,8 @@ def make_dataset(data: ml_collections.ConfigDict, tokenizer: ml_collections.Conf
   ds = ds.batch(data.global_batch_size // process_count, drop_remainder=True)
   ds = ds.map(StatsToDict(names))
   if data.workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside app.run
+      flags.FLAGS.mark_as_parsed()   # (tests, notebooks, benchmarks) their defaults apply
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=data.workers, per_worker_buffer_size=data.prefetch_buffer))
   return ds
