@@ -1,0 +1,47 @@
+"""KOSMOS-1 (Huang et al. 2023): 1.6B parameters, native multimodal, trained from scratch.
+
+    kosmos-train --config configs/kosmos1.py --workdir gs://BUCKET/kosmos1
+    python -m kosmos.model.summary --config configs/kosmos1.py   # ~1.6B, see docstring below
+
+Decoder: magneto, 24 layers, d 2048, FFN 8192, 32 heads, xPos, vocab 64k, sequence 2048
+(about 1.3B parameters). Vision: CLIP ViT-L/14 at 224 px, frozen except its last block
+(about 0.3B). Connector: Perceiver resampler with 64 latents in the vision width.
+Optimiser: AdamW (0.9, 0.98), weight decay 0.01, peak lr 2e-4, 375 warm-up steps, linear
+decay over 300k steps; batch 1.2M tokens (0.5M text, 0.5M pairs, 0.2M interleaved).
+"""
+
+import ml_collections
+
+from kosmos import defaults
+from kosmos.model import connector, decoder, multimodal, vision
+
+
+def get_config(arg=None):
+  del arg
+  config = defaults.base()
+  vision_config = vision.default_config("L/14", image_size=224)
+  connector_config = connector.default_config("resampler", num_tokens=64)
+  connector_config.update(width=1024, num_heads=16, depth=2)
+  decoder_config = decoder.default_config()
+  decoder_config.update(family="magneto", vocab_size=64000, d_model=2048, num_layers=24,
+                        num_heads=32, ffn_dim=8192, positions="xpos", max_len=2048,
+                        dtype="bfloat16", remat="full")
+  vision_config.update(dtype="bfloat16", remat="full")
+  connector_config.update(dtype="bfloat16")
+  config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
+                                           decoder=decoder_config)
+  # 1.2M tokens per step: 586 rows of 2048 tokens (rounded to 512 for pod meshes).
+  config.data.update(seq_len=2048, global_batch_size=512, max_images_per_row=8)
+  config.data.sources = ml_collections.ConfigDict({
+      "text": dict(path="gs://BUCKET/records/text", kind="text", weight=0.5 / 1.2),
+      "pair": dict(path="gs://BUCKET/records/pair", kind="pair", weight=0.5 / 1.2),
+      "interleaved": dict(path="gs://BUCKET/records/interleaved", kind="interleaved",
+                          weight=0.2 / 1.2),
+  })
+  config.optim.update(peak_lr=2e-4, warmup_steps=375, decay="linear", b1=0.9, b2=0.98,
+                      weight_decay=0.01,
+                      # Vision frozen except its last block.
+                      frozen=(r"^vision\.(?!blocks\.23\.|post_norm)",))
+  config.train.update(steps=300_000, checkpoint_every=1000, keep=3, keep_every=10_000)
+  config.mesh.update(data=1, fsdp=-1, tensor=1)
+  return config

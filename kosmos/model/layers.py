@@ -1,0 +1,289 @@
+"""Building blocks: dense layers and norms with logical axes, attention, MLPs, positions.
+
+Every parameter is created with logical axis names (`out_sharding` metadata) so that
+`kosmos.sharding.param_shardings` can lay it out on any mesh. Dimension letters:
+b batch, t query time, s key time, d model, f ffn, n heads, g kv heads, k head dim.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kosmos import sharding
+
+# Flax >= 0.12 would otherwise try to shard at creation; we lay params out from their
+# logical names ourselves (kosmos.sharding.param_shardings).
+nnx.use_eager_sharding(False)
+
+Dtype = Any
+
+
+class Activation(str, enum.Enum):
+  GELU = "gelu"  # exact (erf) GELU
+  GELU_TANH = "gelu_tanh"
+  QUICK_GELU = "quick_gelu"  # x * sigmoid(1.702 x), CLIP
+  SILU = "silu"
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  table = {
+      Activation.GELU: lambda x: jax.nn.gelu(x, approximate=False),
+      Activation.GELU_TANH: lambda x: jax.nn.gelu(x, approximate=True),
+      Activation.QUICK_GELU: lambda x: x * jax.nn.sigmoid(1.702 * x),
+      Activation.SILU: jax.nn.silu,
+  }
+  try:
+    return table[Activation(name)]
+  except ValueError:
+    raise ValueError(f"unknown activation {name!r}; valid: {[a.value for a in Activation]}") from None
+
+
+def dtype_of(name: str | Dtype) -> Dtype:
+  return jnp.dtype(name)
+
+
+def dense(din: int, dout: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
+          use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+          std: float = 0.02) -> nnx.Linear:
+  """A Linear [din, dout] whose kernel has logical axes `axes` and bias `axes[1:]`."""
+  return nnx.Linear(
+      din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
+      rngs=rngs)
+
+
+def norm(dim: int, *, rms: bool, eps: float, rngs: nnx.Rngs, axis_name: str = "embed",
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nnx.Module:
+  """LayerNorm (scale + bias) or RMSNorm (scale only) over the last dim."""
+  scale_init = nnx.with_partitioning(nnx.initializers.ones_init(), (axis_name,))
+  if rms:
+    return nnx.RMSNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                       scale_init=scale_init, rngs=rngs)
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                       scale_init=scale_init,
+                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axis_name,)),
+                       rngs=rngs)
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def sinusoidal(positions_bt: jax.Array, dim: int, offset: int = 0) -> jax.Array:
+  """Fairseq/tensor2tensor sinusoids [b, t, dim]: [sin(p w_i) | cos(p w_i)], w_i = 1e4^(-i/(h-1)).
+
+  This is the table transformers' Kosmos-2 uses (M2M100 layout); `offset` shifts the
+  position (Kosmos-2: pad_id + 1 = 2). Differs from "Attention is all you need" by the
+  (h - 1) denominator and by concatenating instead of interleaving sin and cos.
+  """
+  half = dim // 2
+  freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
+  angle = (positions_bt + offset).astype(jnp.float32)[..., None] * freq
+  table = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+  if dim % 2:
+    table = jnp.pad(table, [(0, 0)] * (table.ndim - 1) + [(0, 1)])
+  return table
+
+
+def rope(x_btnk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding in the Llama/transformers layout (rotate the two halves of k)."""
+  k = x_btnk.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
+  angle = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # [b, t, k/2]
+  cos = jnp.concatenate([jnp.cos(angle)] * 2, -1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angle)] * 2, -1)[:, :, None, :]
+  x = x_btnk.astype(jnp.float32)
+  x1, x2 = x[..., : k // 2], x[..., k // 2:]
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x * cos + rotated * sin).astype(x_btnk.dtype)
+
+
+def xpos(x_btnk: jax.Array, positions_bt: jax.Array, *, scale_base: float, downscale: bool,
+         center: int) -> jax.Array:
+  """xPos (Sun et al. 2022, torchscale's XPOS): rotary on interleaved pairs with a decay.
+
+  Queries are multiplied by zeta^((p - center) / scale_base), keys by its inverse, so
+  q_i . k_j decays with i - j. torchscale centres on the sequence middle; here the centre
+  is a constant (`center`), which leaves every q.k product unchanged (the factors depend
+  on p_i - p_j only) and lets packed documents use their own positions.
+  """
+  k = x_btnk.shape[-1]
+  zeta = (jnp.arange(0, k, 2, dtype=jnp.float32) + 0.4 * k) / (1.4 * k)  # [k/2]
+  p = positions_bt.astype(jnp.float32)[..., None]  # [b, t, 1]
+  scale = zeta ** ((p - center) / scale_base)  # [b, t, k/2]
+  if downscale:
+    scale = 1.0 / scale
+  inv_freq = 1.0 / (10000 ** (jnp.arange(k // 2, dtype=jnp.float32) / (k // 2)))
+  angle = p * inv_freq
+  cos = jnp.repeat(jnp.cos(angle) * scale, 2, axis=-1)[:, :, None, :]
+  sin = jnp.repeat(jnp.sin(angle) * scale, 2, axis=-1)[:, :, None, :]
+  x = x_btnk.astype(jnp.float32)
+  x1, x2 = x[..., ::2], x[..., 1::2]
+  rotated = jnp.stack([-x2, x1], axis=-1).reshape(x.shape)
+  return (x * cos + rotated * sin).astype(x_btnk.dtype)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attention_mask(segment_q_bt: jax.Array, segment_k_bs: jax.Array, *, causal: bool,
+                   index_q_bt: jax.Array | None = None,
+                   index_k_bs: jax.Array | None = None) -> jax.Array:
+  """Boolean [b, 1, t, s]: same packed document, and key not after query when causal.
+
+  `index_*` are absolute row indices (default arange), used for the causal test so that
+  a KV cache can pass its own indices.
+  """
+  mask = segment_q_bt[:, :, None] == segment_k_bs[:, None, :]
+  if causal:
+    t, s = segment_q_bt.shape[1], segment_k_bs.shape[1]
+    iq = jnp.arange(t)[None] if index_q_bt is None else index_q_bt
+    ik = jnp.arange(s)[None] if index_k_bs is None else index_k_bs
+    mask &= iq[:, :, None] >= ik[:, None, :]
+  return mask[:, None]
+
+
+class Rotary(str, enum.Enum):
+  NONE = "none"
+  ROPE = "rope"
+  XPOS = "xpos"
+
+
+class Attention(nnx.Module):
+  """Multi-head (grouped-query) attention through `jax.nn.dot_product_attention`.
+
+  q_proj [d, n*k], k_proj/v_proj [dkv, g*k], o_proj [n*k, d]. `inner_norm` is Magneto's
+  Sub-LN: a LayerNorm on the attention output before o_proj (Kosmos-2 `inner_attn_ln`).
+  Self-attention when `kv_bsd` is None, else cross-attention over `kv_bsd`.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
+               head_dim: int | None = None, kv_dim: int | None = None, use_bias: bool = True,
+               inner_norm: bool = False, norm_eps: float = 1e-5, rotary: str = Rotary.NONE,
+               rope_theta: float = 10000.0, xpos_scale_base: float = 512.0, xpos_center: int = 0,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, std: float = 0.02,
+               out_std: float | None = None, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.num_kv_heads = num_kv_heads or num_heads
+    if num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    self.head_dim = head_dim or d_model // num_heads
+    self.rotary = Rotary(rotary)
+    self.rope_theta = rope_theta
+    self.xpos_scale_base = xpos_scale_base
+    self.xpos_center = xpos_center
+    self.dtype = dtype
+    kv_dim = kv_dim or d_model
+    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = dense(d_model, num_heads * self.head_dim, ("embed", "heads"), std=std, **kw)
+    self.k_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"), std=std, **kw)
+    self.v_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"),
+                        std=out_std or std, **kw)
+    self.inner_norm = (norm(num_heads * self.head_dim, rms=False, eps=norm_eps, axis_name="heads",
+                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                       if inner_norm else None)
+    self.o_proj = dense(num_heads * self.head_dim, d_model, ("heads", "embed"),
+                        std=out_std or std, **kw)
+
+  def _rotate(self, x_btnk, positions_bt, is_key):
+    if self.rotary == Rotary.ROPE:
+      return rope(x_btnk, positions_bt, self.rope_theta)
+    if self.rotary == Rotary.XPOS:
+      return xpos(x_btnk, positions_bt, scale_base=self.xpos_scale_base, downscale=is_key,
+                  center=self.xpos_center)
+    return x_btnk
+
+  def __call__(self, x_btd: jax.Array, *, mask_b1ts: jax.Array | None = None,
+               positions_bt: jax.Array | None = None, kv_bsd: jax.Array | None = None,
+               kv_positions_bs: jax.Array | None = None,
+               cache: dict[str, jax.Array] | None = None,
+               cache_index_b: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+    """Returns (y [b, t, d], updated cache or None).
+
+    cache: {"k": [b, S, g, k], "v": [b, S, g, k]} for incremental decoding; the new keys and
+    values are written at row offsets `cache_index_b` and attention runs over all S slots
+    (the caller's mask hides unwritten ones).
+    """
+    b, t, _ = x_btd.shape
+    source = x_btd if kv_bsd is None else kv_bsd
+    q = self.q_proj(x_btd).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k_proj(source).reshape(b, source.shape[1], self.num_kv_heads, self.head_dim)
+    v = self.v_proj(source).reshape(b, source.shape[1], self.num_kv_heads, self.head_dim)
+    if self.rotary != Rotary.NONE:
+      q = self._rotate(q, positions_bt, is_key=False)
+      k = self._rotate(k, positions_bt if kv_positions_bs is None else kv_positions_bs, is_key=True)
+    q = sharding.constrain(q, ("batch", "length", "act_heads", "head_dim"))
+    if cache is not None:
+      write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, axis=0))
+      k = write(cache["k"], k.astype(cache["k"].dtype), cache_index_b)
+      v = write(cache["v"], v.astype(cache["v"].dtype), cache_index_b)
+      cache = {"k": k, "v": v}
+    y = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_b1ts)
+    y = y.reshape(b, t, self.num_heads * self.head_dim)
+    if self.inner_norm is not None:
+      y = self.inner_norm(y)
+    return self.o_proj(y), cache
+
+
+# ----------------------------------------------------------------------------- MLPs
+
+
+class Mlp(nnx.Module):
+  """fc1 -> act -> [Sub-LN] -> fc2 (Magneto / CLIP / SigLIP); `inner_norm` is Magneto's."""
+
+  def __init__(self, d_model: int, ffn_dim: int, *, act: str, use_bias: bool = True,
+               inner_norm: bool = False, norm_eps: float = 1e-5, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, std: float = 0.02, out_std: float | None = None,
+               rngs: nnx.Rngs):
+    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.act = act
+    self.fc1 = dense(d_model, ffn_dim, ("embed", "mlp"), std=out_std or std, **kw)
+    self.inner_norm = (norm(ffn_dim, rms=False, eps=norm_eps, axis_name="mlp", dtype=dtype,
+                            param_dtype=param_dtype, rngs=rngs) if inner_norm else None)
+    self.fc2 = dense(ffn_dim, d_model, ("mlp", "embed"), std=out_std or std, **kw)
+
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
+    h_btf = activation(self.act)(self.fc1(x_btd))
+    h_btf = sharding.constrain(h_btf, ("batch", "length", "act_mlp"))
+    if self.inner_norm is not None:
+      h_btf = self.inner_norm(h_btf)
+    return self.fc2(h_btf)
+
+
+class GatedMlp(nnx.Module):
+  """SwiGLU (Llama): down(silu(gate(x)) * up(x)), no biases."""
+
+  def __init__(self, d_model: int, ffn_dim: int, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, std: float = 0.02, rngs: nnx.Rngs):
+    kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, std=std, rngs=rngs)
+    self.gate_proj = dense(d_model, ffn_dim, ("embed", "mlp"), **kw)
+    self.up_proj = dense(d_model, ffn_dim, ("embed", "mlp"), **kw)
+    self.down_proj = dense(ffn_dim, d_model, ("mlp", "embed"), **kw)
+
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
+    h_btf = jax.nn.silu(self.gate_proj(x_btd)) * self.up_proj(x_btd)
+    h_btf = sharding.constrain(h_btf, ("batch", "length", "act_mlp"))
+    return self.down_proj(h_btf)
+
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+def remat_call(block: nnx.Module, policy: str, *args: Sequence[Any], **kwargs: Any):
+  """Calls `block(*args, **kwargs)` under jax.checkpoint with the named policy."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {policy!r}; valid: {sorted(REMAT_POLICIES)}")
+  if policy == "none":
+    return block(*args, **kwargs)
+  return nnx.remat(lambda m, *a: m(*a, **kwargs), policy=REMAT_POLICIES[policy])(block, *args)
