@@ -5,7 +5,9 @@ by a blank line) and ("image", {attribute: value}) for each visible <img>. Dropp
 their content: script, style, noscript, nav, header, footer, aside, form, template, head,
 svg, iframe, object, canvas, select, textarea, button, and elements that are hidden
 (`hidden` attribute, aria-hidden="true", inline style display:none / visibility:hidden).
-Block elements end a paragraph, <br> ends a line; whitespace runs collapse to one space.
+Block elements end a paragraph, <br> ends a line, table cells are separated by a space;
+whitespace runs collapse to one space (also inside <pre>). An image inside a paragraph
+splits it in two.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SKIP = frozenset("script style noscript nav header footer aside form template he
 BLOCK = frozenset("address article blockquote body caption center dd details dialog dir div dl "
                   "dt fieldset figcaption figure h1 h2 h3 h4 h5 h6 hr html legend li main menu "
                   "ol p pre section summary table tbody tfoot thead tr ul".split())
+CELL = frozenset(("td", "th"))  # separated by a space, not a paragraph break
 VOID = frozenset("area base br col embed hr img input keygen link meta param source track "
                  "wbr".split())
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
@@ -50,6 +53,8 @@ class _Extractor(html.parser.HTMLParser):
         self.events.append(("image", attrs))
     elif tag in BLOCK and not self.skipping:
       self.events.append(("para", None))
+    elif tag in CELL and not self.skipping:
+      self.events.append(("text", " "))
 
   def handle_starttag(self, tag: str, attr_list: list[tuple[str, str | None]]) -> None:
     attrs = {k.lower(): (v or "") for k, v in attr_list}
