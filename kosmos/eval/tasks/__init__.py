@@ -1,0 +1,92 @@
+"""Few-shot evaluation tasks read from local files in their public formats.
+
+`load_task(name, data_dir, **options)` opens a task by name from the standard layout of
+its public release under `data_dir` (file names below; `options` override any path or
+pass loader options). Each loader module documents its file format.
+
+    coco            dataset_coco.json; images data_dir/{train2014,val2014}/ (Karpathy split)
+    flickr30k       dataset_flickr30k.json; images data_dir/flickr30k-images/
+    vqav2           v2_OpenEnded_mscoco_{train,val}2014_questions.json,
+                    v2_mscoco_{train,val}2014_annotations.json; images data_dir/{train,val}2014/
+    okvqa           OpenEnded_mscoco_{train,val}2014_questions.json,
+                    mscoco_{train,val}2014_annotations.json; images as vqav2
+    vizwiz          train.json, val.json; images data_dir/{train,val}/
+    textvqa         TextVQA_0.5.1_{train,val}.json; images data_dir/train_images/
+    hateful_memes   train.jsonl, dev_seen.jsonl (test_jsonl=...), images data_dir/img/
+    imagenet        data_dir/{train,val}/<class>/*; class_names={dir: name} optional
+    rendered_sst2   data_dir/{train,test}/{negative,positive}/*
+    text_mc         train.jsonl, test.jsonl ({"question"|"context", "choices", "label"})
+    tfds            any TFDS dataset: options of `tfds_task` (dataset=..., kind=..., keys)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from kosmos.eval.tasks.captioning import karpathy_task
+from kosmos.eval.tasks.classification import (
+    hateful_memes_task, image_folder_task, multiple_choice_task)
+from kosmos.eval.tasks.example import (
+    CAPTION, CLASSIFICATION, KINDS, MULTIPLE_CHOICE, VQA, Example, Task, sample_eval_set)
+from kosmos.eval.tasks.tfds_source import tfds_task
+from kosmos.eval.tasks.vqa import vqa_task
+
+__all__ = ["CAPTION", "CLASSIFICATION", "KINDS", "MULTIPLE_CHOICE", "VQA", "Example", "Task",
+           "TASKS", "load_task", "sample_eval_set", "karpathy_task", "vqa_task",
+           "hateful_memes_task", "image_folder_task", "multiple_choice_task", "tfds_task"]
+
+
+def _coco_vqa(prefix: str, ann_prefix: str, name: str) -> Callable[..., Task]:
+  def load(d: str, **o: Any) -> Task:
+    args = dict(
+        train_questions=os.path.join(d, f"{prefix}_train2014_questions.json"),
+        train_annotations=os.path.join(d, f"{ann_prefix}_train2014_annotations.json"),
+        train_images=os.path.join(d, "train2014"),
+        test_questions=os.path.join(d, f"{prefix}_val2014_questions.json"),
+        test_annotations=os.path.join(d, f"{ann_prefix}_val2014_annotations.json"),
+        test_images=os.path.join(d, "val2014"))
+    return vqa_task(name, **{**args, **o})
+  return load
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "coco": lambda d, **o: karpathy_task(
+        "coco", o.pop("json_path", os.path.join(d, "dataset_coco.json")),
+        o.pop("image_dir", d), **o),
+    "flickr30k": lambda d, **o: karpathy_task(
+        "flickr30k", o.pop("json_path", os.path.join(d, "dataset_flickr30k.json")),
+        o.pop("image_dir", os.path.join(d, "flickr30k-images")), **o),
+    "vqav2": _coco_vqa("v2_OpenEnded_mscoco", "v2_mscoco", "vqav2"),
+    "okvqa": _coco_vqa("OpenEnded_mscoco", "mscoco", "okvqa"),
+    "vizwiz": lambda d, **o: vqa_task("vizwiz", **{**dict(
+        train_questions=os.path.join(d, "train.json"), train_images=os.path.join(d, "train"),
+        test_questions=os.path.join(d, "val.json"), test_images=os.path.join(d, "val"),
+        normalize_references=True), **o}),
+    "textvqa": lambda d, **o: vqa_task("textvqa", **{**dict(
+        train_questions=os.path.join(d, "TextVQA_0.5.1_train.json"),
+        train_images=os.path.join(d, "train_images"),
+        test_questions=os.path.join(d, "TextVQA_0.5.1_val.json"),
+        test_images=os.path.join(d, "train_images"), normalize_references=True), **o}),
+    "hateful_memes": lambda d, **o: hateful_memes_task(**{**dict(
+        train_jsonl=os.path.join(d, "train.jsonl"),
+        test_jsonl=os.path.join(d, "dev_seen.jsonl"), image_dir=os.path.join(d, "img")), **o}),
+    "imagenet": lambda d, **o: image_folder_task("imagenet", **{**dict(
+        train_dir=os.path.join(d, "train"), test_dir=os.path.join(d, "val")), **o}),
+    "rendered_sst2": lambda d, **o: image_folder_task("rendered_sst2", **{**dict(
+        train_dir=os.path.join(d, "train"), test_dir=os.path.join(d, "test"),
+        template="rendered_sst2"), **o}),
+    "text_mc": lambda d, **o: multiple_choice_task(o.pop("name", "text_mc"), **{**dict(
+        train_jsonl=os.path.join(d, "train.jsonl"),
+        test_jsonl=os.path.join(d, "test.jsonl")), **o}),
+    "tfds": lambda d, **o: tfds_task(o.pop("name", "tfds"), o.pop("dataset"),
+                                     data_dir=d or None, **o),
+}
+
+
+def load_task(name: str, data_dir: str, **options: Any) -> Task:
+  """The task `name` (a key of TASKS) from `data_dir`; `options` override paths/loader
+  arguments (see the module docstring and each loader)."""
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; valid: {sorted(TASKS)}")
+  return TASKS[name](data_dir, **options)

@@ -1,0 +1,101 @@
+"""The evaluation example and task containers every loader returns.
+
+An `Example` is one query or demonstration:
+
+    id          str, unique inside its split (COCO id, VQA question id, meme id, file path)
+    fields      {name: str} filled into prompt templates: "caption", "question",
+                "answer" (the demonstration answer), "text" (meme text), "context", ...
+    references  tuple[str]: reference captions (CIDEr) or annotator answers (VQA)
+    label       int | None: class index into `Task.class_names` or into `choices`
+    choices     tuple[str]: per-example candidates (text multiple choice)
+    images      `images()` -> list[bytes], the encoded image files (JPEG/PNG as stored),
+                read from `image_paths` on demand or held in `image_bytes` (TFDS)
+
+A `Task` bundles the demonstration pool (`train`), the evaluated split (`test`), the
+metric name (kosmos.eval.metrics) and its keyword options, the prompt template name (kosmos.eval.prompts), the
+class names for rank classification, and counts of skipped inputs by reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+CAPTION, VQA, CLASSIFICATION, MULTIPLE_CHOICE = (
+    "caption", "vqa", "classification", "multiple_choice")
+KINDS = (CAPTION, VQA, CLASSIFICATION, MULTIPLE_CHOICE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  id: str
+  fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  references: tuple[str, ...] = ()
+  label: int | None = None
+  choices: tuple[str, ...] = ()
+  image_paths: tuple[str, ...] = ()
+  image_bytes: tuple[bytes, ...] = ()
+
+  def images(self) -> list[bytes]:
+    """The encoded images (possibly none), in prompt order."""
+    if self.image_bytes:
+      return list(self.image_bytes)
+    out = []
+    for path in self.image_paths:
+      with open(path, "rb") as f:
+        out.append(f.read())
+    return out
+
+  def image_digest(self) -> str | None:
+    """sha256 over the encoded images; None for a text-only example. Two examples with
+    the same digest show the same picture (used to keep a query out of its demos)."""
+    images = self.images()
+    if not images:
+      return None
+    h = hashlib.sha256()
+    for data in images:
+      h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Task:
+  name: str
+  kind: str
+  metric: str
+  template: str
+  train: Sequence[Example]
+  test: Sequence[Example]
+  class_names: tuple[str, ...] = ()
+  metric_options: dict = dataclasses.field(default_factory=dict)  # kwargs of the metric
+  skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"task {self.name!r}: kind {self.kind!r} not in {KINDS}")
+    if self.kind == CLASSIFICATION and not self.class_names:
+      raise ValueError(f"task {self.name!r}: classification needs class_names")
+
+  def candidates(self, example: Example) -> tuple[str, ...]:
+    """The answers to rank for `example`: the task's classes or the example's choices."""
+    return example.choices if self.kind == MULTIPLE_CHOICE else self.class_names
+
+
+def sample_eval_set(examples: Sequence[Example], num: int, seed: int) -> list[Example]:
+  """`num` examples drawn without replacement with `seed` (all, in order, if num <= 0 or
+  num >= len), as OpenFlamingo's `prepare_eval_samples` subsets the test split."""
+  if num <= 0 or num >= len(examples):
+    return list(examples)
+  idx = np.random.default_rng(seed).choice(len(examples), size=num, replace=False)
+  return [examples[int(i)] for i in idx]
+
+
+def check_unique_ids(examples: Sequence[Example], where: str) -> None:
+  counts = collections.Counter(e.id for e in examples)
+  dupes = [i for i, c in counts.items() if c > 1]
+  if dupes:
+    raise ValueError(f"{where}: duplicate example ids, e.g. {dupes[:3]!r}")
