@@ -113,3 +113,25 @@ class Multimodal(nnx.Module):
     """Returns (logits [b, l, vocab] float32, aux)."""
     x_bld = self.embed_inputs(batch)
     return self.decoder(x_bld, batch["positions"], batch["segment_ids"])
+
+
+def create_sharded(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   rules: sharding.Rules, seed: int = 0) -> Multimodal:
+  """Builds the model with every parameter created directly in its sharded layout.
+
+  `eval_shape` gives the abstract state, `param_shardings` its layout from the logical
+  names, and a jitted init with those `out_shardings` creates the values, so the full
+  parameters never sit on one host.
+  """
+  check_config(config)
+  sharding.check_model(config, mesh)
+  abstract = nnx.eval_shape(lambda: Multimodal(config, rngs=nnx.Rngs(seed)))
+  graphdef, abstract_state = nnx.split(abstract)
+  shardings = sharding.param_shardings(abstract_state, mesh, rules)
+
+  @jax.jit
+  def init():
+    return nnx.state(Multimodal(config, rngs=nnx.Rngs(seed)))
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
