@@ -94,6 +94,29 @@ def test_python_twin_matches_stanford_ptbtokenizer_on_captions():
   assert ptb_tokenizer.tokenize({"a": CAPTIONS[:5]}, "java")["a"] == expected[:5]
 
 
+@needs_java
+def test_python_twin_matches_stanford_on_generated_captions():
+  rng = np.random.default_rng(0)
+  subj = ["A man", "a woman's dog", "Two kids", "The U.S. flag", "Mr. Brown", "They",
+          "a black-and-white cow", "A 3-year-old boy", "It"]
+  verb = ["is riding", "isn't sitting on", "can't reach", "'s holding", "won't eat", "holds up"]
+  obj = ["a surfboard", "a red t-shirt", 'a "stop" sign', "an umbrella (blue)", "the 10:30 bus",
+         "some fruit: apples and pears", "a pizza, fries and a drink", "the dogs' toys",
+         "a sign reading 'No Parking'", "a 1,000-piece puzzle", "his mother's car"]
+  tail = ["", ".", " .", "!", "?", "...", " on a sunny day", ", smiling.", " -- again.",
+          "; it's raining.", " at St. Louis.", " near the zoo. Another one is there.",
+          "\u2026", " today!!", ", isn't it?"]
+  captions = []
+  for _ in range(300):
+    c = " ".join([str(rng.choice(subj)), str(rng.choice(verb)), str(rng.choice(obj))])
+    c += str(rng.choice(tail))
+    style = rng.integers(4)
+    captions.append([c, c.lower(), c.upper(), f"  {c}  "][style])
+  expected = pycoco_tokenize(captions)
+  mismatches = [(c, e) for c, e in zip(captions, expected) if ptb_tokenizer.ptb_tokenize(c) != e]
+  assert not mismatches, mismatches[:5]
+
+
 def test_python_twin_on_hand_checked_cases():
   # Outputs of Stanford CoreNLP 3.4.1 (-preserveLines -lowerCase), punctuation removed.
   cases = {
@@ -107,6 +130,7 @@ def test_python_twin_on_hand_checked_cases():
       "dogs' bones 'tis rock'n'roll o'clock y'all": "dogs bones 't is rock 'n' roll o'clock y' all",
       "the Jr. The u.s. The a. The a. the": "the jr. the u.s. the a the a. the",
       "wow!! what?!": "wow !! what ?!",
+      "THE CAT 'S HOLDING A 'DOG'": "the cat 's holding a dog",
   }
   for caption, expected in cases.items():
     assert ptb_tokenizer.ptb_tokenize(caption) == expected, caption

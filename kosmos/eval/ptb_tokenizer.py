@@ -68,7 +68,7 @@ _UNICODE = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201a": "'", "\u201b":
 _WORD = (r"[^\W_](?:[\w]|[-./&@_](?=[^\W_])|(?<=\d)[,:](?=\d)|'(?=[^\W_]))*")
 _LEXER = re.compile("|".join([
     r"(?P<url>https?://[^\s\"<>|(){}]*[^\s\"<>|.!?(){},-])",
-    r"(?P<lead>'t(?=(?:is|was)(?![\w']))|'(?:em|n'|\d\ds|s|re|ve|ll|d|m)(?![\w']))",
+    r"(?P<lead>(?i:'t(?=(?:is|was)(?![\w']))|'(?:em|n'|\d\ds|s|re|ve|ll|d|m)(?![\w'])))",
     r"(?P<emoticon>[:;]-?[()pP](?![\w]))",
     r"(?P<tag>[#@][^\W\d_]\w*)",
     r"(?P<num>\.\d+)",
