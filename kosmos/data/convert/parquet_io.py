@@ -23,7 +23,10 @@ def row_group_units(patterns: Iterable[str]) -> list[Unit]:
   """One Unit per row group; payload = (path, file key, row group index, first row index)."""
   units = []
   for path, key in common.expand_inputs(patterns, SUFFIXES):
-    metadata = pq.ParquetFile(path).metadata
+    try:
+      metadata = pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+      raise ValueError(f"--input file {path!r} is not a readable parquet file: {e}") from e
     first = 0
     for k in range(metadata.num_row_groups):
       group = metadata.row_group(k)

@@ -88,13 +88,19 @@ def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator
   for index in range(*unit.payload):
     example = source[index]
     captions = []
-    for value in _texts(common.field(example, args.text_feature)):
-      text = common.decode_text(value, ctx) if isinstance(value, bytes) else value
+    for text in _texts(common.field(example, args.text_feature)):
       if text is None:
+        ctx.drop(common.MISSING_FIELD)
         continue
-      if not isinstance(text, str) or not text.strip():
-        ctx.drop(common.EMPTY_TEXT if isinstance(text, str) or text is None
-                 else common.MISSING_FIELD)
+      if isinstance(text, bytes):
+        text = common.decode_text(text, ctx)
+        if text is None:
+          continue
+      if not isinstance(text, str):
+        ctx.drop("invalid_field")
+        continue
+      if not text.strip():
+        ctx.drop(common.EMPTY_TEXT)
         continue
       captions.append(text.strip())
       if args.captions == "first":
