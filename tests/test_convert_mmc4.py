@@ -94,4 +94,5 @@ def test_mmc4_zip_shards_and_workers(tmp_path):
     outs.append([(r["id"], r["segments"]) for r in records.read_dir(str(out))])
   assert outs[0] == outs[1] == [
       (f"docs_shard_{i}_v2.jsonl.zip:docs_shard_{i}_v2.jsonl:1",
-       [{"text": f"doc {i}"}, {"image": img}, {"text": "end"}]) for i, img in enumerate((I0, I1, I2))]
+       [{"text": f"doc {i}"}, {"image": img}, {"text": "end"}])
+      for i, img in enumerate((I0, I1, I2))]

@@ -70,9 +70,8 @@ def _resolve(url: str, page_dir: str, root: str) -> tuple[bytes | None, str]:
   return images.read_file(local), common.MISSING_IMAGE
 
 
-def _image(attrs: dict[str, str], page_dir: str, root: str,
-           ctx: Context) -> tuple[bytes | None, str | None]:
-  """(bytes, None) for the first candidate URL that loads, else (None, drop reason)."""
+def _image(attrs: dict[str, str], page_dir: str, root: str) -> tuple[bytes | None, str]:
+  """(bytes, "") for the first candidate URL that loads, else (None, drop reason)."""
   candidates = [html_text.srcset_best(attrs.get("srcset", "")), attrs.get("src"),
                 attrs.get("data-src")]
   reason = common.MISSING_IMAGE
@@ -81,7 +80,7 @@ def _image(attrs: dict[str, str], page_dir: str, root: str,
       continue
     data, why = _resolve(url, page_dir, root)
     if data is not None:
-      return data, None
+      return data, ""
     if reason == common.MISSING_IMAGE:
       reason = why
   return None, reason
@@ -102,7 +101,7 @@ def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator
     if kind == "text":
       items.append(("text", value))
       continue
-    data, reason = _image(value, os.path.dirname(path), root, ctx)
+    data, reason = _image(value, os.path.dirname(path), root)
     if data is None:
       ctx.drop(reason)
       continue

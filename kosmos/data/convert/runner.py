@@ -90,12 +90,16 @@ def _convert_shard(task: dict[str, Any]) -> dict[str, Any]:
     for unit in task["units"]:
       if quota and written >= max(quota, 0):
         break
-      for record in convert_unit(unit, args, ctx):
-        ctx.commit(record)
-        writer.write(record)
-        written += 1
-        if quota and written >= quota:
-          break
+      try:
+        for record in convert_unit(unit, args, ctx):
+          ctx.commit(record)
+          writer.write(record)
+          written += 1
+          if quota and written >= quota:
+            break
+      except Exception as e:
+        raise RuntimeError(f"converting input {unit.key!r} into {task['path']!r}: "
+                           f"{type(e).__name__}: {e}") from e
   stats = {"name": os.path.basename(task["path"]), "records": written, "bytes": writer.bytes,
            "sha256": records.sha256(task["path"]), "kinds": dict(sorted(writer.counts.items())),
            "dropped": dict(sorted(ctx.dropped.items())), "fingerprint": task["fingerprint"]}
@@ -157,6 +161,10 @@ def run(args: argparse.Namespace, *, module: str,
       results.append(stats)
       bar.update(1)
       bar.set_postfix(records=sum(s["records"] for s in results + done))
+  except BaseException:
+    if pool is not None:
+      pool.terminate()  # finished shards stay; a rerun resumes from them
+    raise
   finally:
     bar.close()
     if pool is not None:
