@@ -154,3 +154,34 @@ def test_script_help_lists_formats(tmp_path):
   run = subprocess.run([sys.executable, "data/prepare.py", "nope"], capture_output=True,
                        text=True, cwd=ROOT)
   assert run.returncode == 2 and "unknown format 'nope'" in run.stderr
+
+
+def test_crash_mid_run_resumes(tmp_path, monkeypatch):
+  from kosmos.data.convert import text
+  src = tmp_path / "many"
+  src.mkdir()
+  for i in range(6):
+    (src / f"f{i}.jsonl").write_text(json.dumps({"text": f"doc {i}"}) + "\n")
+  args = ["text", "--input", str(src), "--shards", "3"]
+  clean = tmp_path / "clean"
+  assert prepare.main(args + ["--output", str(clean)]) == 0
+  real = text.convert_unit
+
+  def failing(unit, a, ctx):
+    if unit.key == "f3.jsonl":
+      raise OSError("disk went away")
+    return real(unit, a, ctx)
+
+  out = tmp_path / "out"
+  monkeypatch.setattr(text, "convert_unit", failing)
+  with pytest.raises(RuntimeError, match="'f3.jsonl'.*disk went away"):
+    prepare.main(args + ["--output", str(out)])
+  # Shard 0 finished; shard 1 failed and left no shard file behind.
+  assert sorted(f for f in os.listdir(out) if f.endswith(".array_record")) == [
+      "text-00000-of-00003.array_record"]
+  first = os.stat(out / "text-00000-of-00003.array_record").st_mtime_ns
+  monkeypatch.setattr(text, "convert_unit", real)
+  assert prepare.main(args + ["--output", str(out)]) == 0
+  assert os.stat(out / "text-00000-of-00003.array_record").st_mtime_ns == first
+  assert records.read_manifest(str(out))["shards"] == records.read_manifest(str(clean))["shards"]
+  assert list(records.read_dir(str(out))) == list(records.read_dir(str(clean)))
