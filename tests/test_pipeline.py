@@ -259,3 +259,30 @@ def test_config_errors_name_the_value(source_dirs):
     make(data)
   with pytest.raises(ValueError, match="seq_len=7"):
     make(data_config(source_dirs, seq_len=7))
+
+
+def test_vectors_fill_vector_slots_in_order(tmp_path):
+  directory = tmp_path / "vec"
+  os.makedirs(directory)
+  with records.ShardWriter(str(directory / records.shard_name("v", 0, 1))) as w:
+    for i in range(10):
+      w.write({"id": str(i), "source": "v", "kind": "interleaved", "segments": [
+          {"text": f"[r={i}] state"}, {"vector": [i, 1.0, 2.0]}, {"text": "then"},
+          {"vector": [i, 3.0, 4.0]}, {"image": image_bytes((9, 9, 9))}, {"text": "end"}]})
+  data = data_config({"interleaved": str(directory)}, max_vectors_per_row=4, vector_dim=3)
+  batch = next(iter(make(data)))
+  assert batch["vectors"].shape == (4, 4, 3) and batch["vectors"].dtype == np.float32
+  assert batch["vector_mask"].shape == (4, 4) and batch["vector_mask"].dtype == np.bool_
+  for b in range(4):
+    row = {k: v[b] for k, v in batch.items() if k != "data_stats"}
+    check_row(row)
+    slots = np.flatnonzero(row["tokens"] == TOK.vector_slot_id)
+    k = len(slots)
+    assert k <= 4 and row["vector_mask"].sum() == k and np.all(row["vector_mask"][:k])
+    for j, at in enumerate(slots):  # the record code precedes each of its vectors
+      seg = row["segment_ids"][at]
+      before = row["tokens"][:at][row["segment_ids"][:at] == seg]
+      codes = re.findall(r"\[r=(\d+)\]", TOK.decode(before))
+      if codes:
+        assert row["vectors"][j, 0] == int(codes[-1])
+      assert row["vectors"][j, 1] in (1.0, 3.0)
