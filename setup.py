@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "matplotlib>=3.8,<4",
     "pyarrow>=15,<30",
+    "zstandard>=0.22,<1",
+    "importlib_resources>=6",
 ]
 
 EXTRAS = {
@@ -50,6 +52,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "kosmos-summary=kosmos.model.summary:main",
+            "kosmos-train=kosmos.train.main:main",
         ],
     },
 )

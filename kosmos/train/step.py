@@ -1,0 +1,205 @@
+"""Train state, loss and the jitted train step.
+
+The state is a pytree of pure dicts (what Orbax saves):
+    step       int32 []
+    params     trainable Params (nested dicts by module path)
+    frozen     frozen Params (same layout; no gradient, no optimizer state)
+    opt_state  optax state over `params`
+The model's graph (`graphdef`) is static and merged back inside the step.
+
+Loss: next-token cross-entropy on text targets only (`loss_mask`), normalised by the
+number of text targets of the whole global batch, plus optional z-loss
+(z_loss * mean(logsumexp(logits)^2)). Gradient accumulation runs the micro-batches in a
+`lax.scan` summing gradients of the *summed* loss, then divides once, so accumulating A
+micro-batches equals one step on the full batch. Non-finite loss or gradients leave the
+state unchanged (`finite` = 0 in the metrics); the trainer then stops or skips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from kosmos import sharding
+from kosmos.data import packing
+from kosmos.model import multimodal
+from kosmos.train import freeze
+from kosmos.train import optimizer as optimizer_lib
+
+# Keys of the batch that go to the device (the rest, e.g. data_stats, stays on the host).
+DEVICE_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images",
+               "image_mask", "vectors", "vector_mask", "kind_ids")
+KINDS = tuple(packing.KIND_IDS)  # text, pair, interleaved
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  frozen: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything static about a run: model graph, optimizer, shardings."""
+  graphdef: Any
+  tx: optax.GradientTransformation
+  state_shardings: Any  # TrainState of NamedSharding
+  abstract_state: Any  # TrainState of ShapeDtypeStruct (with shardings)
+  trainable: freeze.Trainable
+
+
+def _split(model: nnx.Module, trainable: freeze.Trainable):
+  graphdef, params, frozen = nnx.split(model, trainable, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
+
+
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  """Abstract state and shardings of `config` on `mesh`; nothing is allocated."""
+  multimodal.check_config(config.model)
+  sharding.check_model(config.model, mesh)
+  sharding.check_batch(config.data.global_batch_size, mesh)
+  trainable = freeze.from_config(config.optim)
+  tx = optimizer_lib.make(config.optim, config.train.steps)
+  rules = config.sharding_rules
+
+  abstract_model = nnx.eval_shape(lambda: multimodal.Multimodal(config.model, rngs=nnx.Rngs(config.seed)))
+  graphdef, abstract_params_state, abstract_frozen_state = nnx.split(abstract_model, trainable, ...)
+  params_sh = nnx.to_pure_dict(sharding.param_shardings(abstract_params_state, mesh, rules))
+  frozen_sh = nnx.to_pure_dict(sharding.param_shardings(abstract_frozen_state, mesh, rules))
+  abstract_params = nnx.to_pure_dict(abstract_params_state)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  # Optimizer moments are laid out like their parameters; scalars (counts) replicated.
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_sh = _like_params(abstract_opt, abstract_params, params_sh, replicated)
+  state_sh = TrainState(step=replicated, params=params_sh, frozen=frozen_sh, opt_state=opt_sh)
+  abstract = TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      params=abstract_params, frozen=nnx.to_pure_dict(abstract_frozen_state), opt_state=abstract_opt)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sh)
+  return Setup(graphdef=graphdef, tx=tx, state_shardings=state_sh, abstract_state=abstract,
+               trainable=trainable)
+
+
+def _like_params(opt_tree, params, params_sh, replicated):
+  """Shardings for an optax state: subtrees shaped like `params` get the params' layout."""
+  params_def = jax.tree.structure(params)
+
+  def visit(node):
+    if jax.tree.structure(node) == params_def:
+      return params_sh
+    if isinstance(node, jax.ShapeDtypeStruct) or not jax.tree.leaves(node):
+      return jax.tree.map(lambda _: replicated, node)
+    children, treedef = jax.tree.flatten(node, is_leaf=lambda x: x is not node and (
+        jax.tree.structure(x) == params_def or isinstance(x, jax.ShapeDtypeStruct)))
+    return jax.tree.unflatten(treedef, [visit(c) for c in children])
+
+  return visit(opt_tree)
+
+
+def init_state(config: ml_collections.ConfigDict, run: Setup) -> TrainState:
+  """Creates the state directly in its sharded layout (jit with out_shardings)."""
+  def init():
+    model = multimodal.Multimodal(config.model, rngs=nnx.Rngs(config.seed))
+    _, params, frozen = _split(model, run.trainable)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
+                      opt_state=run.tx.init(params))
+  return jax.jit(init, out_shardings=run.state_shardings)()
+
+
+def model_of(run: Setup, state: TrainState) -> multimodal.Multimodal:
+  return nnx.merge(run.graphdef, state.params, state.frozen)
+
+
+def loss_terms(logits_blv: jax.Array, batch: dict[str, jax.Array], z_loss: float) -> dict[str, jax.Array]:
+  """Summed (not averaged) loss terms, so micro-batches add up exactly."""
+  mask = batch["loss_mask"].astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits_blv, axis=-1)
+  target_logit = jnp.take_along_axis(logits_blv, batch["targets"][..., None], axis=-1)[..., 0]
+  ce = (lse - target_logit) * mask
+  out = {"ce_sum": ce.sum(), "z_sum": (z_loss * lse ** 2 * mask).sum(), "count": mask.sum()}
+  if "kind_ids" in batch:
+    for kind, kind_id in packing.KIND_IDS.items():
+      kind_mask = (batch["kind_ids"] == kind_id).astype(jnp.float32) * mask
+      out[f"ce_sum/{kind}"] = (ce * kind_mask).sum()
+      out[f"count/{kind}"] = kind_mask.sum()
+  return out
+
+
+def make_train_step(config: ml_collections.ConfigDict, run: Setup) -> Callable:
+  """(state, batch) -> (state, metrics); jit it with donated state (see `jit_train_step`)."""
+  accum = int(config.optim.accum_steps)
+  z_loss = float(config.optim.z_loss)
+
+  def micro_grads(params, frozen, batch):
+    def loss_fn(p):
+      logits, _ = nnx.merge(run.graphdef, p, frozen)(batch)
+      terms = loss_terms(logits, batch, z_loss)
+      return terms["ce_sum"] + terms["z_sum"], terms
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    batch = {k: v for k, v in batch.items() if k in DEVICE_KEYS}
+    if accum == 1:
+      grads, terms = micro_grads(state.params, state.frozen, batch)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+      def body(carry, mb):
+        g, t = micro_grads(state.params, state.frozen, mb)
+        return jax.tree.map(jnp.add, carry, (g, t)), None
+
+      zeros = jax.eval_shape(micro_grads, state.params, state.frozen,
+                             jax.tree.map(lambda x: x[0], micro))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, terms), _ = jax.lax.scan(body, zeros, micro)
+    count = jnp.maximum(terms["count"], 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    loss = terms["ce_sum"] / count
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = run.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + finite.astype(jnp.int32),
+                           params=keep(params, state.params), frozen=state.frozen,
+                           opt_state=keep(opt_state, state.opt_state))
+    metrics = {"loss": loss, "z_loss": terms["z_sum"] / count, "grad_norm": grad_norm,
+               "finite": finite.astype(jnp.float32), "text_tokens": terms["count"],
+               "lr": optimizer_lib.schedule(config.optim, config.train.steps)(state.step)}
+    for kind in KINDS:
+      if f"count/{kind}" in terms:
+        metrics[f"loss/{kind}"] = terms[f"ce_sum/{kind}"] / jnp.maximum(terms[f"count/{kind}"], 1.0)
+        metrics[f"text_tokens/{kind}"] = terms[f"count/{kind}"]
+    return new_state, metrics
+
+  return train_step
+
+
+def batch_shardings(mesh: jax.sharding.Mesh, batch_shapes: dict[str, Any]) -> dict[str, Any]:
+  return {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_shapes.items()
+          if k in DEVICE_KEYS}
+
+
+def jit_train_step(config: ml_collections.ConfigDict, run: Setup, mesh: jax.sharding.Mesh,
+                   batch_shapes: dict[str, Any]):
+  """The jitted step with donated state and explicit in/out shardings."""
+  step_fn = make_train_step(config, run)
+  b_sh = batch_shardings(mesh, batch_shapes)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def wrapped(state, batch):
+    with sharding.use_mesh(mesh, config.sharding_rules):
+      return step_fn(state, batch)
+
+  return jax.jit(wrapped, in_shardings=(run.state_shardings, b_sh),
+                 out_shardings=(run.state_shardings, replicated), donate_argnums=(0,))

@@ -1,0 +1,214 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One code path from one CPU to a pod: mesh from `config.mesh`, state created sharded,
+each process reads only its own data shard and feeds its slice of the global batch,
+Orbax saves state + every process's data-iterator state, and a workdir with a checkpoint
+resumes automatically. Only process 0 writes metrics and logs.
+
+Faults: SIGTERM/SIGINT set a flag; all processes agree on it at the same step (an
+all-gather of the flag), save and return normally (exit 0). A non-finite loss or
+gradient never reaches the state (the step keeps the old one); with
+`train.nan_policy="stop"` the run stops with `NonFiniteError` without saving, so the last
+good checkpoint stays the latest; with "skip" the bad batch is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
+
+from kosmos import sharding
+from kosmos import workdir as workdir_lib
+from kosmos.data import pipeline
+from kosmos.model import multimodal
+from kosmos.train import checkpoint as checkpoint_lib
+from kosmos.train import flops as flops_lib
+from kosmos.train import startup
+from kosmos.train import step as step_lib
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradients became NaN/inf and train.nan_policy is 'stop'."""
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("signal %d: saving a checkpoint and stopping", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def agreed(self) -> bool:
+    """True on every process when any process was signalled (same step everywhere)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    return bool(np.max(flags))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded over (data, fsdp)."""
+  out = {}
+  for key, value in local.items():
+    if key not in step_lib.DEVICE_KEYS:
+      continue
+    sh = sharding.batch_sharding(mesh, value.ndim)
+    global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+    out[key] = jax.make_array_from_process_local_data(sh, value, global_shape)
+  return out
+
+
+def make_data(config: ml_collections.ConfigDict):
+  return pipeline.make_dataset(
+      config.data, config.tokenizer, image_size=config.model.vision.image_size,
+      tokens_per_image=multimodal.tokens_per_image(config.model),
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  fetched = jax.device_get(history)
+  keys = fetched[0].keys()
+  out = {}
+  for key in keys:
+    values = np.asarray([m[key] for m in fetched], np.float64)
+    if key.startswith("text_tokens") or key == "finite":
+      out[key] = float(values.sum())
+    else:
+      out[key] = float(values.mean())
+  out["nonfinite_steps"] = float(len(fetched) - out.pop("finite"))
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: list[Callable[[int, Any], None]] | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns a summary.
+
+  hooks: called as hook(step, state) after every step (evaluation, tests).
+  """
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(config.data.global_batch_size, mesh)
+  run = step_lib.setup(config, mesh)
+  is_main = jax.process_index() == 0
+  workdir_lib.save_config(config, workdir)
+  startup.summarize_and_check(config, mesh, workdir)
+
+  dataset = make_data(config)
+  data_iter = iter(dataset)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train)
+  meta: dict[str, Any] = {}
+  if checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(run.abstract_state, data_iter)
+    logging.info("resumed from step %d", int(state.step))
+  else:
+    state = step_lib.init_state(config, run)
+    if config.train.init_from:
+      state, loaded = checkpoint_lib.load_init(config.train.init_from, tuple(config.train.init_patterns),
+                                               run.abstract_state, state)
+      logging.info("init_from %s: loaded %d arrays", config.train.init_from, len(loaded))
+  data_totals: dict[str, int] = dict(meta.get("data_totals", {}))
+  tokens_seen = int(meta.get("tokens_seen", 0))
+
+  os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
+  writer = metric_writers.create_default_writer(
+      os.path.join(workdir, "metrics"), just_logging=not is_main)
+  if is_main and int(state.step) == 0:
+    parameter_overview.log_parameter_overview(state.params, msg="trainable parameters")
+  total_steps = config.train.steps
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=config.train.log_every)
+  step_flops = flops_lib.step_flops(config)["total"]
+  device_kind = jax.devices()[0].device_kind
+
+  train_step = None
+  history: list[dict[str, Any]] = []
+  losses: list[float] = []
+  skipped = 0
+  last_log = time.time()
+  images_since = 0
+  step = int(state.step)
+  with _StopFlag() as stop:
+    while step < total_steps:
+      local = next(data_iter)
+      pipeline.accumulate_stats(data_totals, local.pop("data_stats", {}))
+      batch = global_batch(local, mesh)
+      if train_step is None:
+        shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+        train_step = step_lib.jit_train_step(config, run, mesh, shapes)
+      state, metrics = train_step(state, batch)
+      history.append(metrics)
+      images_since += int(local["image_mask"].sum()) * jax.process_count()
+      step += 1
+      tokens_seen += int(np.prod(local["tokens"].shape)) * jax.process_count()
+      report(step)
+      for hook in hooks or ():
+        hook(step, state)
+      at_log = step % config.train.log_every == 0 or step == total_steps
+      at_ckpt = step % config.train.checkpoint_every == 0 or step == total_steps
+      stopping = stop.agreed()
+      if at_log or at_ckpt or stopping:
+        summary = _mean_metrics(history)
+        bad = int(summary["nonfinite_steps"])
+        if bad and config.train.nan_policy == "stop":
+          checkpointer.close()
+          raise NonFiniteError(
+              f"non-finite loss or gradients in {bad} of the last {len(history)} steps before "
+              f"step {step} (loss {summary['loss']}, grad_norm {summary['grad_norm']}); the state "
+              f"was not updated by them and the last good checkpoint is step "
+              f"{checkpointer.latest_step()} in {workdir}. Set train.nan_policy='skip' to go on.")
+        skipped += bad
+        step = int(jax.device_get(state.step))  # skipped updates do not advance the step
+        elapsed = max(time.time() - last_log, 1e-9)
+        summary.update({
+            "tokens_per_s": len(history) * config.data.global_batch_size * config.data.seq_len / elapsed,
+            "images_per_s": images_since / elapsed,
+            "skipped_steps_total": skipped,
+        })
+        mfu = flops_lib.mfu(step_flops, elapsed / len(history), jax.device_count(), device_kind)
+        if mfu is not None:
+          summary["mfu"] = mfu
+        writer.write_scalars(step, summary)
+        if is_main:
+          with open(os.path.join(workdir, "metrics", "train_log.jsonl"), "a") as f:
+            f.write(json.dumps(dict(summary, step=step)) + "\n")
+        # Data counters: records per source always, problem counters once non-zero.
+        writer.write_scalars(step, {f"data/{k}": v for k, v in data_totals.items()
+                                    if v or k.endswith("/records")})
+        losses.append(summary["loss"])
+        history, images_since, last_log = [], 0, time.time()
+      if at_ckpt or stopping:
+        checkpointer.save(state, data_iter, {"tokens_seen": tokens_seen, "data_totals": data_totals},
+                          force=stopping)
+      if stopping:
+        logging.warning("stopped by signal at step %d after saving", step)
+        break
+  checkpointer.close()
+  writer.flush()
+  return {"step": step, "losses": losses, "stopped_by_signal": stop.requested,
+          "skipped_steps": skipped, "tokens_seen": tokens_seen, "state": state}
