@@ -6,7 +6,13 @@ is a shape kind (`SHAPES`), a colour (`COLOURS`) and a size class (`SIZES`), wit
 small continuous jitter of its offset and scale inside the cell, so that scenes
 with the same description still render to different pixels (eval images can then be
 kept distinct from training images). Rendering is Pillow at 4x supersampling,
-box-reduced to the target size (anti-aliased edges, exact colours inside shapes).
+box-reduced to the target size (anti-aliased edges, exact colours inside shapes), plus a
+background brightness jitter (`Scene.shade`).
+
+Image size: 48 px by default. At 48 px a small shape is >= 11 px across and an
+independent pixel test (tests/test_shapes.py: fit each shape's ideal outline to the blob)
+names every shape of 800 random scenes correctly, raw and as JPEG; at 32 px about 5% of
+small stars read as circles or triangles. With 8-px ViT patches, 48 px is 36 image tokens.
 
 Everything random takes a `numpy.random.Generator`; nothing reads global state, so a
 scene, its image bytes and its texts are a pure function of the generator's seed.
@@ -45,7 +51,7 @@ BACKGROUNDS = {
 }
 SIZES = ("small", "large")
 # Object diameter as a fraction of the cell side, per size class: [low, high).
-SIZE_RANGES = {"small": (0.42, 0.55), "large": (0.78, 0.88)}
+SIZE_RANGES = {"small": (0.46, 0.56), "large": (0.8, 0.875)}
 SIZE_SYNONYMS = {"small": "little", "large": "big"}
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")  # grid cells, row-major
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
@@ -182,7 +188,7 @@ def object_geometry(o: Obj, image_size: int) -> tuple[float, float, float]:
 
 def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
   """A 5-pointed star whose bounding box is centred at (cx, cy) with height 2r."""
-  inner, points = 0.45, []
+  inner, points = 0.5, []
   # Unit star: top point at y=-1, lowest points at y=cos(36deg); shift to centre the box.
   shift = (1 - math.cos(math.pi / 5)) / 2
   for k in range(10):
@@ -202,14 +208,14 @@ def interior_point(o: Obj, image_size: int) -> tuple[float, float]:
   return cx, cy
 
 
-def render_scene(scene: Scene, image_size: int = 32) -> Image.Image:
+def render_scene(scene: Scene, image_size: int = 48) -> Image.Image:
   """Renders a scene to an RGB image of [image_size, image_size]."""
   _check_scene(scene)
   if image_size < 16 or image_size % 2:
     raise ValueError(f"image_size {image_size} must be an even number >= 16")
   s = SUPERSAMPLE
   big = image_size * s
-  c0, c1 = (tuple(_shaded(v, scene.shade) for v in c) for c in BACKGROUNDS[scene.background])
+  c0, c1 = background_colours(scene)
   img = Image.new("RGB", (big, big), c0)
   draw = ImageDraw.Draw(img)
   if c1 != c0:
@@ -231,6 +237,12 @@ def render_scene(scene: Scene, image_size: int = 32) -> Image.Image:
     else:
       draw.polygon(_star(cx, cy, r), fill=fill)
   return img.reduce(s)
+
+
+def background_colours(scene: Scene) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The two RGB colours of the scene's (shaded) background checker; equal if plain."""
+  return tuple(tuple(_shaded(v, scene.shade) for v in c)  # type: ignore[return-value]
+               for c in BACKGROUNDS[scene.background])
 
 
 def _shaded(value: int, shade: int) -> int:

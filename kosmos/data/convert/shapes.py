@@ -58,7 +58,7 @@ class Config:
   pairs: int = 20000
   pages: int = 5000
   texts: int = 5000
-  image_size: int = 32
+  image_size: int = 48
   max_images_per_page: int = 5
   binding_fraction: float = 0.5
   coco_train: int = 500
@@ -306,7 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "pairs": "pair records (image + caption)",
       "pages": "interleaved pages (binding episodes, galleries, quizzes)",
       "texts": "text-only documents",
-      "image_size": "image side in pixels (32: a 2x2 grid of 16-px cells, shapes >= 7 px)",
+      "image_size": "image side in pixels; 48 = a 2x2 grid of 24-px cells, small shapes "
+                    ">= 11 px (at 32 px small stars blur into circles)",
       "max_images_per_page": "images per interleaved page at most (data.max_images_per_doc)",
       "binding_fraction": "share of interleaved pages that are fast-binding episodes",
       "coco_train": "COCO-layout images in split 'train' (few-shot demonstrations)",
