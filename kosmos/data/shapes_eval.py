@@ -17,6 +17,7 @@ training images distinct from them (see convert/shapes.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -68,16 +69,12 @@ def _tokens(text: str) -> list[str]:
   return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def _fresh(path: str) -> str:
-  if os.path.isdir(path):
-    shutil.rmtree(path)
-  os.makedirs(path)
-  return path
+Files = dict[str, bytes]  # path relative to the eval directory -> content
 
 
-def _write_json(path: str, obj: Any) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
+def _json(obj: Any) -> bytes:
+  """Compact, key-sorted JSON (as the public files are; the C encoder, fast)."""
+  return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _render_unique(maker: Any, draw: Callable[[], sw.Scene]) -> tuple[sw.Scene, Any]:
@@ -87,19 +84,17 @@ def _render_unique(maker: Any, draw: Callable[[], sw.Scene]) -> tuple[sw.Scene, 
   return scene, image
 
 
-def write_coco(root: str, counts: dict[str, int], maker: Any,
+def build_coco(files: Files, counts: dict[str, int], maker: Any,
                rng: Callable[..., np.random.Generator]) -> int:
   images, sentid = [], 0
   for split, n in counts.items():
     filepath = "train2014" if split == "train" else "val2014"
-    os.makedirs(os.path.join(root, filepath), exist_ok=True)
     for _ in range(n):
       imgid = len(images)
       r = rng("coco", imgid)
       scene, image = _render_unique(maker, lambda: sw.sample_scene(r))
       filename = f"COCO_{filepath}_{imgid + 1:012d}.jpg"
-      with open(os.path.join(root, filepath, filename), "wb") as f:
-        f.write(sw.encode_image(image, "JPEG"))
+      files[f"coco/{filepath}/{filename}"] = sw.encode_image(image, "JPEG")
       sentences = []
       for raw in sw.captions(scene):
         sentences.append({"raw": raw, "tokens": _tokens(raw), "imgid": imgid, "sentid": sentid})
@@ -108,23 +103,21 @@ def write_coco(root: str, counts: dict[str, int], maker: Any,
                      "imgid": imgid, "cocoid": imgid + 1, "sentences": sentences,
                      "sentids": [s["sentid"] for s in sentences],
                      "scene": scene.to_dict()})
-  _write_json(os.path.join(root, "dataset_coco.json"), {"images": images, "dataset": "coco"})
+  files["coco/dataset_coco.json"] = _json({"images": images, "dataset": "coco"})
   return len(images)
 
 
-def write_vqa(root: str, counts: dict[str, int], questions_per_image: int, maker: Any,
+def build_vqa(files: Files, counts: dict[str, int], questions_per_image: int, maker: Any,
               rng: Callable[..., np.random.Generator]) -> dict[str, int]:
   image_id, out = 0, {}
   for split, n in counts.items():
     subtype = f"{split}2014"
-    os.makedirs(os.path.join(root, subtype), exist_ok=True)
     questions, annotations = [], []
     for _ in range(n):
       image_id += 1
       r = rng("vqa", image_id)
       scene, image = _render_unique(maker, lambda: sw.sample_scene(r))
-      with open(os.path.join(root, subtype, f"COCO_{subtype}_{image_id:012d}.jpg"), "wb") as f:
-        f.write(sw.encode_image(image, "JPEG"))
+      files[f"vqa/{subtype}/COCO_{subtype}_{image_id:012d}.jpg"] = sw.encode_image(image, "JPEG")
       for j, qa in enumerate(sw.sample_questions(scene, r, questions_per_image)):
         qid = image_id * 1000 + j
         questions.append({"image_id": image_id, "question": qa.question, "question_id": qid})
@@ -134,17 +127,17 @@ def write_vqa(root: str, counts: dict[str, int], questions_per_image: int, maker
             "answers": [{"answer": qa.answer, "answer_confidence": "yes", "answer_id": k}
                         for k in range(1, 11)]})
     info = {"description": "kosmos synthetic shapes world in the VQAv2 layout"}
-    _write_json(os.path.join(root, f"v2_OpenEnded_mscoco_{subtype}_questions.json"),
+    files[f"vqa/v2_OpenEnded_mscoco_{subtype}_questions.json"] = _json(
                 {"info": info, "task_type": "Open-Ended", "data_type": "mscoco",
                  "data_subtype": subtype, "license": {}, "questions": questions})
-    _write_json(os.path.join(root, f"v2_mscoco_{subtype}_annotations.json"),
+    files[f"vqa/v2_mscoco_{subtype}_annotations.json"] = _json(
                 {"info": info, "data_type": "mscoco", "data_subtype": subtype, "license": {},
                  "annotations": annotations})
     out[split] = len(questions)
   return out
 
 
-def write_binding(root: str, episodes: int, seed: int, image_size: int, maker: Any,
+def build_binding(files: Files, episodes: int, seed: int, image_size: int, maker: Any,
                   rng: Callable[..., np.random.Generator]) -> int:
   words = sw.all_nonce_words()
   if BINDING_WAYS * episodes > len(words):
@@ -152,7 +145,6 @@ def write_binding(root: str, episodes: int, seed: int, image_size: int, maker: A
                      f"nonce words; the world has {len(words)} (at most "
                      f"{len(words) // BINDING_WAYS} episodes)")
   order = rng("binding", 0, 1).permutation(len(words))
-  os.makedirs(os.path.join(root, "images"))
   lines = []
   for e in range(episodes):
     r = rng("binding", e)
@@ -163,46 +155,57 @@ def write_binding(root: str, episodes: int, seed: int, image_size: int, maker: A
       for k in r.permutation(BINDING_WAYS):
         path = f"images/{e:05d}_s{len(support)}.png"
         _, image = _render_unique(maker, lambda: sw.single_scene(r, shape=shapes[k]))
-        with open(os.path.join(root, path), "wb") as f:
-          f.write(sw.encode_image(image, "PNG"))
+        files[f"binding/{path}"] = sw.encode_image(image, "PNG")
         support.append({"image": path, "label": choices[k]})
     label = e % BINDING_WAYS
     path = f"images/{e:05d}_q.png"
     _, image = _render_unique(maker, lambda: sw.single_scene(r, shape=shapes[label]))
-    with open(os.path.join(root, path), "wb") as f:
-      f.write(sw.encode_image(image, "PNG"))
+    files[f"binding/{path}"] = sw.encode_image(image, "PNG")
     lines.append(json.dumps({
         "id": f"binding-{e:05d}", "support": support, "query": {"image": path},
         "choices": choices, "label": label, "attribute": "shape",
         "bindings": dict(zip(choices, shapes)), "query_shape": shapes[label]}, sort_keys=True))
-  with open(os.path.join(root, "episodes.jsonl"), "w") as f:
-    f.write("".join(line + "\n" for line in lines))
-  with open(os.path.join(root, "README.md"), "w") as f:
-    f.write(BINDING_README.format(shots=BINDING_SHOTS, size=image_size, episodes=episodes,
-                                  seed=seed))
+  files["binding/episodes.jsonl"] = "".join(line + "\n" for line in lines).encode()
+  files["binding/README.md"] = BINDING_README.format(
+      shots=BINDING_SHOTS, size=image_size, episodes=episodes, seed=seed).encode()
   return episodes
 
 
-def write_all(eval_dir: str, config: Any, *, make_maker: Callable[[], Any],
-              rng: Callable[..., np.random.Generator]) -> dict[str, Any]:
-  """Writes the three eval sets under eval_dir; returns their counts for world.json.
+def build_all(config: Any, maker: Any, rng: Callable[..., np.random.Generator]
+              ) -> tuple[Files, dict[str, Any]]:
+  """The three eval sets in memory: (files by path under eval/, counts for world.json).
 
-  `make_maker()` returns an ImageMaker whose `forbidden` set collects every eval image's
-  pixel digest; `rng(stream, index, sub=0)` gives the item generators."""
-  maker = make_maker()
-  coco = write_coco(_fresh(os.path.join(eval_dir, "coco")),
-                    {"train": config.coco_train, "val": config.coco_val,
-                     "test": config.coco_test}, maker, rng)
-  vqa = write_vqa(_fresh(os.path.join(eval_dir, "vqa")),
-                  {"train": config.vqa_train, "val": config.vqa_val},
+  `maker` is an ImageMaker whose `forbidden` set collects every eval image's pixel digest;
+  `rng(stream, index, sub=0)` gives the item generators."""
+  files: Files = {}
+  coco = build_coco(files, {"train": config.coco_train, "val": config.coco_val,
+                            "test": config.coco_test}, maker, rng)
+  vqa = build_vqa(files, {"train": config.vqa_train, "val": config.vqa_val},
                   config.questions_per_image, maker, rng)
-  binding = write_binding(_fresh(os.path.join(eval_dir, "binding")), config.binding_episodes,
-                          config.seed, config.image_size, maker, rng)
-  return {"coco": {"images": coco, "splits": {"train": config.coco_train,
-                                              "val": config.coco_val, "test": config.coco_test},
-                   "path": "eval/coco"},
-          "vqa": {"images": {"train": config.vqa_train, "val": config.vqa_val},
-                  "questions": vqa, "path": "eval/vqa"},
-          "binding": {"episodes": binding, "ways": BINDING_WAYS, "shots": BINDING_SHOTS,
-                      "path": "eval/binding/episodes.jsonl"},
-          "image_collisions_redrawn": maker.collisions}
+  binding = build_binding(files, config.binding_episodes, config.seed, config.image_size,
+                          maker, rng)
+  counts = {"coco": {"images": coco, "splits": {"train": config.coco_train,
+                                                "val": config.coco_val, "test": config.coco_test},
+                     "path": "eval/coco"},
+            "vqa": {"images": {"train": config.vqa_train, "val": config.vqa_val},
+                    "questions": vqa, "path": "eval/vqa"},
+            "binding": {"episodes": binding, "ways": BINDING_WAYS, "shots": BINDING_SHOTS,
+                        "path": "eval/binding/episodes.jsonl"},
+            "image_collisions_redrawn": maker.collisions}
+  return files, counts
+
+
+def write_files(eval_dir: str, files: Files, threads: int = 8) -> None:
+  """Replaces eval_dir/{coco,vqa,binding} with `files` (threads: file creation is I/O bound)."""
+  for name in ("coco", "vqa", "binding"):
+    if os.path.isdir(os.path.join(eval_dir, name)):
+      shutil.rmtree(os.path.join(eval_dir, name))
+  for directory in sorted({os.path.dirname(p) for p in files}):
+    os.makedirs(os.path.join(eval_dir, directory), exist_ok=True)
+
+  def write(item: tuple[str, bytes]) -> None:
+    with open(os.path.join(eval_dir, item[0]), "wb") as f:
+      f.write(item[1])
+
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    list(pool.map(write, sorted(files.items())))

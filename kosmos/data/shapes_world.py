@@ -27,6 +27,7 @@ Text produced here (the formats a model trained on this world sees, see `TEMPLAT
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 from typing import Any, Sequence
@@ -89,6 +90,9 @@ class Obj:
   dy: float
 
 
+_OBJ_FIELDS = tuple(f.name for f in dataclasses.fields(Obj))
+
+
 @dataclasses.dataclass(frozen=True)
 class Scene:
   background: str
@@ -97,7 +101,7 @@ class Scene:
 
   def to_dict(self) -> dict[str, Any]:
     return {"background": self.background, "shade": self.shade,
-            "objects": [dataclasses.asdict(o) for o in self.objects]}
+            "objects": [{f: getattr(o, f) for f in _OBJ_FIELDS} for o in self.objects]}
 
   @staticmethod
   def from_dict(d: dict[str, Any]) -> "Scene":
@@ -214,16 +218,8 @@ def render_scene(scene: Scene, image_size: int = 48) -> Image.Image:
   if image_size < 16 or image_size % 2:
     raise ValueError(f"image_size {image_size} must be an even number >= 16")
   s = SUPERSAMPLE
-  big = image_size * s
-  c0, c1 = background_colours(scene)
-  img = Image.new("RGB", (big, big), c0)
+  img = _canvas(background_colours(scene), image_size).copy()
   draw = ImageDraw.Draw(img)
-  if c1 != c0:
-    tile = 4 * s * image_size // 32
-    for y in range(0, big, tile):
-      for x in range(0, big, tile):
-        if (x // tile + y // tile) % 2:
-          draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=c1)
   for o in scene.objects:
     cx, cy, r = (v * s for v in object_geometry(o, image_size))
     fill = COLOURS[o.colour]
@@ -237,6 +233,20 @@ def render_scene(scene: Scene, image_size: int = 48) -> Image.Image:
     else:
       draw.polygon(_star(cx, cy, r), fill=fill)
   return img.reduce(s)
+
+
+@functools.lru_cache(maxsize=256)
+def _canvas(colours: tuple[tuple[int, ...], tuple[int, ...]], image_size: int) -> Image.Image:
+  """The supersampled background: plain, or a checker of 4-px (at 32 px) tiles."""
+  (c0, c1), big = colours, image_size * SUPERSAMPLE
+  img = Image.new("RGB", (big, big), c0)
+  if c1 != c0:
+    draw, tile = ImageDraw.Draw(img), 4 * SUPERSAMPLE * image_size // 32
+    for y in range(0, big, tile):
+      for x in range(0, big, tile):
+        if (x // tile + y // tile) % 2:
+          draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=c1)
+  return img
 
 
 def background_colours(scene: Scene) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -383,12 +393,13 @@ def sample_questions(scene: Scene, rng: np.random.Generator, k: int) -> list[QA]
 # ---------------------------------------------------------------------------- nonce words
 
 
-def all_nonce_words() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def all_nonce_words() -> tuple[str, ...]:
   """Every nonce word (len(SYLLABLES)**2 * len(CODAS)), sorted; none is a world word."""
   reserved = set(" ".join([*SHAPES, *COLOURS, *BACKGROUNDS, *SIZES, *POSITIONS,
                            *SIZE_SYNONYMS.values(), *NUMBER_WORDS]).split())
   words = {a + b + c for a in SYLLABLES for b in SYLLABLES for c in CODAS}
-  return sorted(words - reserved)
+  return tuple(sorted(words - reserved))
 
 
 def nonce_words(rng: np.random.Generator, n: int) -> list[str]:

@@ -61,14 +61,14 @@ class Config:
   image_size: int = 48
   max_images_per_page: int = 5
   binding_fraction: float = 0.5
-  coco_train: int = 500
-  coco_val: int = 100
-  coco_test: int = 500
-  vqa_train: int = 300
-  vqa_val: int = 300
+  coco_train: int = 200
+  coco_val: int = 50
+  coco_test: int = 300
+  vqa_train: int = 150
+  vqa_val: int = 200
   questions_per_image: int = 3
-  binding_episodes: int = 300
-  records_per_shard: int = 2500
+  binding_episodes: int = 200
+  records_per_shard: int = 1000
 
   def check(self) -> None:
     for name in ("pairs", "pages", "texts", "coco_train", "coco_val", "coco_test", "vqa_train",
@@ -212,7 +212,8 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
 def _record_tasks(output: str, config: Config, forbidden: frozenset[bytes]
                   ) -> dict[str, list[dict[str, Any]]]:
   tasks = {}
-  for kind, count in (("pair", config.pairs), ("interleaved", config.pages),
+  # Heaviest first (a page has ~3.5 images), so the workers finish together.
+  for kind, count in (("interleaved", config.pages), ("pair", config.pairs),
                       ("text", config.texts)):
     directory = os.path.join(output, "records", kind)
     os.makedirs(directory, exist_ok=True)
@@ -243,19 +244,19 @@ def generate(output_dir: str, config: Config | None = None, *, workers: int = 1,
   if workers < 1:
     raise ValueError(f"workers {workers} must be >= 1")
   os.makedirs(output_dir, exist_ok=True)
-  eval_digests: set[bytes] = set()
-  eval_counts = shapes_eval.write_all(
-      os.path.join(output_dir, "eval"), config,
-      make_maker=lambda: ImageMaker(config.image_size, eval_digests),
-      rng=lambda stream, index, sub=0: stream_rng(config.seed, stream, index, sub))
-  forbidden = frozenset(eval_digests)
-  tasks = _record_tasks(output_dir, config, forbidden)
+  eval_maker = ImageMaker(config.image_size, set())
+  eval_files, eval_counts = shapes_eval.build_all(
+      config, eval_maker, lambda stream, index, sub=0: stream_rng(config.seed, stream, index, sub))
+  tasks = _record_tasks(output_dir, config, frozenset(eval_maker.forbidden))
   flat = [t for kind_tasks in tasks.values() for t in kind_tasks]
   if workers == 1 or len(flat) == 1:
+    shapes_eval.write_files(os.path.join(output_dir, "eval"), eval_files)
     results = list(map(write_shard, flat))
-  else:
+  else:  # the eval files are written while the workers render the records
     with multiprocessing.get_context("spawn").Pool(min(workers, len(flat))) as pool:
-      results = pool.map(write_shard, flat)
+      pending = pool.map_async(write_shard, flat, chunksize=1)
+      shapes_eval.write_files(os.path.join(output_dir, "eval"), eval_files)
+      results = pending.get()
   by_path = {t["path"]: r for t, r in zip(flat, results)}
   manifests = {}
   for kind, kind_tasks in tasks.items():
