@@ -98,7 +98,10 @@ class Multimodal(nnx.Module):
     """Token embeddings with image and vector spans written in: [b, l, d]."""
     tokens = batch["tokens"]
     image_slot = tokens == self.config.image_slot_id
-    vector_slot = tokens == self.config.vector_slot_id
+    # Vector slots exist only with vector_proj: otherwise vector_slot_id (7 by default) is an
+    # ordinary token (e.g. in XLM-R for Kosmos-2) and must be embedded (interop parity fix).
+    vector_slot = ((tokens == self.config.vector_slot_id) if self.vector_proj is not None
+                   else jnp.zeros_like(image_slot))
     # Slot ids may lie outside the vocabulary (Kosmos-2 has no free id): never look them up.
     x_bld = self.decoder.embed(jnp.where(image_slot | vector_slot, 0, tokens))
     if "images" in batch and batch["images"].shape[1] > 0:
