@@ -463,3 +463,26 @@ def test_cli_through_prepare(tmp_path, capsys):
   world = _load(os.path.join(tmp_path, "world.json"))
   assert world["seed"] == 3 and world["config"] == dataclasses.asdict(
       shapes.Config(seed=3, **SMALL))
+
+
+def test_sample_questions_gives_k_distinct_true_questions():
+  for seed in range(40):
+    rng = np.random.default_rng([seed, 7])
+    scene = sw.sample_scene(rng)
+    pixels = np.asarray(sw.render_scene(scene, 48))
+    qas = sw.sample_questions(scene, rng, 6)
+    assert len(qas) == 6 and len({q.question for q in qas}) == 6
+    for qa in qas:
+      assert answer_from_pixels(qa.question, pixels) == qa.answer, qa
+
+
+def test_image_size_flag_sets_every_image(tmp_path):
+  tiny = dict(pairs=3, pages=3, texts=1, coco_train=1, coco_val=0, coco_test=1, vqa_train=1,
+              vqa_val=1, binding_episodes=1)
+  shapes.generate(str(tmp_path), image_size=32, **tiny)
+  sizes = {_pixels(s["image"]).shape for kind in ("pair", "interleaved")
+           for r in records.read_dir(os.path.join(tmp_path, "records", kind))
+           for s in r["segments"] if "image" in s}
+  sizes |= {_pixels(v).shape for k, v in _files(os.path.join(tmp_path, "eval")).items()
+            if k.endswith((".jpg", ".png"))}
+  assert sizes == {(32, 32, 3)}

@@ -373,10 +373,12 @@ def question_candidates(scene: Scene) -> dict[str, list[QA]]:
 def sample_questions(scene: Scene, rng: np.random.Generator, k: int) -> list[QA]:
   """k distinct questions: a type uniformly among those available, then a question of it.
 
-  "exists" questions are balanced: yes and no each half of the time when both exist."""
+  "exists" questions are balanced: yes and no each half of the time when both exist. If
+  random draws keep repeating, the rest is filled in candidate order (always k: every
+  scene has at least 25 candidates)."""
   pool = question_candidates(scene)
   chosen: list[QA] = []
-  for _ in range(k * 4):
+  for _ in range(k * 20):
     if len(chosen) == k:
       break
     kind = sorted(pool)[int(rng.integers(len(pool)))]
@@ -387,7 +389,8 @@ def sample_questions(scene: Scene, rng: np.random.Generator, k: int) -> list[QA]
     qa = options[int(rng.integers(len(options)))]
     if qa not in chosen:
       chosen.append(qa)
-  return chosen
+  rest = [qa for kind in sorted(pool) for qa in pool[kind] if qa not in chosen]
+  return chosen + rest[:k - len(chosen)]
 
 
 # ---------------------------------------------------------------------------- nonce words
