@@ -25,6 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 from kosmos.data import records
+from kosmos.data import shapes_eval
 from kosmos.data import shapes_world as sw
 from kosmos.data.convert import shapes
 
@@ -245,7 +246,8 @@ def test_record_counts_match_flags(worlds):
 def test_pair_captions_are_true_of_their_pixels(worlds):
   pairs = list(records.read_dir(os.path.join(worlds["a"], "records", "pair")))
   for r in pairs:
-    (image,), (text,) = [s["image"] for s in r["segments"][:1]], [r["segments"][1]["text"]]
+    assert [next(iter(s)) for s in r["segments"]] == ["image", "text"]
+    image, text = r["segments"][0]["image"], r["segments"][1]["text"]
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = _pixels(image)
     assert pixels.shape == (48, 48, 3)
@@ -372,7 +374,7 @@ def test_binding_episodes(worlds):
     assert ep["id"] == f"binding-{e:05d}" and len(ep["choices"]) == 2 and ep["label"] in (0, 1)
     words += ep["choices"]
     support = ep["support"]
-    assert len(support) == 2 * shapes_eval_shots()
+    assert len(support) == 2 * shapes_eval.BINDING_SHOTS
     for r in range(0, len(support), 2):  # each round shows both labels
       assert {s["label"] for s in support[r:r + 2]} == set(ep["choices"])
     kinds: dict[str, set] = {}
@@ -386,11 +388,6 @@ def test_binding_episodes(worlds):
     assert ep["bindings"][ep["choices"][ep["label"]]] == query["shape"]
   assert len(set(words)) == len(words)  # every episode binds new nonce words
   assert [ep["label"] for ep in episodes].count(0) == len(episodes) // 2
-
-
-def shapes_eval_shots() -> int:
-  from kosmos.data import shapes_eval
-  return shapes_eval.BINDING_SHOTS
 
 
 def test_no_eval_image_equals_a_training_image(worlds):
