@@ -380,3 +380,81 @@ def test_llama_text_only_both_ways(tmp_path):
   for name in original:
     np.testing.assert_array_equal(original[name], again[name], err_msg=name)
   assert type(transformers.AutoModelForCausalLM.from_pretrained(back)).__name__ == "LlamaForCausalLM"
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _tiny(family, connector_kind, positions=None, variant="clip", vector_dim=0):
+  import tiny  # pylint: disable=g-import-not-at-top
+  config = defaults.base()
+  config.model = tiny.model_config(family, connector_kind, positions=positions,
+                                   vision_variant=variant, vector_dim=vector_dim)
+  return config
+
+
+@pytest.mark.parametrize("case, message", [
+    (("magneto", "attention_pool", "xpos"),
+     "decoder.positions='xpos' has no transformers equivalent (Kosmos-2 uses sinusoidal)"),
+    (("magneto", "resampler", "sinusoidal"), "connector.kind='resampler' has no transformers"),
+    (("magneto", "attention_pool", "sinusoidal", "siglip"), "vision.variant='siglip' inside Kosmos-2"),
+    (("llama", "attention_pool", "rope"), "connector.kind='attention_pool' has no transformers"),
+    (("llama", "mlp", "rope", "clip", 3), "model.vector_dim=3 (PaLM-E state vectors"),
+    (("llama", "mlp", "xpos"), "decoder.positions='xpos' has no transformers equivalent"),
+])
+def test_unsupported_features_are_refused_by_name(tmp_path, case, message):
+  config = _tiny(*case)
+  workdir.save_config(config, str(tmp_path / "wd"))
+  with pytest.raises(hf_config.Unsupported) as info:
+    hf_export.export_hf(str(tmp_path / "wd"), str(tmp_path / "out"), log=quiet)
+  assert message in str(info.value)
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_refusal_exit_code_and_message(tmp_path):
+  workdir.save_config(_tiny("magneto", "attention_pool", "xpos"), str(tmp_path / "wd"))
+  proc = subprocess.run(
+      [sys.executable, "-m", "kosmos.interop.main", "export", "--workdir", str(tmp_path / "wd"),
+       "--format", "hf", "--out", str(tmp_path / "out")],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "decoder.positions='xpos' has no transformers equivalent" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- PaLM-E start
+
+
+@pytest.mark.parametrize("variant", ["clip", "siglip"])
+def test_palme_import_lm_and_vision(tmp_path, variant):
+  torch.manual_seed(5)
+  lm = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2)).eval()
+  kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=SIZE, patch_size=8)
+  if variant == "clip":
+    vis = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**kw)).eval()
+  else:
+    vis = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**kw)).eval()
+  perturb_torch(lm, 6)
+  perturb_torch(vis, 7)
+  lm_dir, vis_dir, wd = str(tmp_path / "lm"), str(tmp_path / "vis"), str(tmp_path / "wd")
+  lm.save_pretrained(lm_dir)
+  vis.save_pretrained(vis_dir)
+  hf_import.import_palme(lm_dir, vis_dir, wd, connector="resampler", num_tokens=8, log=quiet)
+  config, model = load_kosmos(wd)
+  assert config.model.connector.kind == "resampler" and config.model.vision.variant == variant
+  assert multimodal.tokens_per_image(config.model) == 8
+  images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.uint8)
+  ours = np.asarray(model.vision(images)[0])
+  with torch.no_grad():
+    out = vis(pixel_values=pixel_values(images, config.model.vision), output_hidden_states=True)
+  theirs = (out.hidden_states[-2][:, 1:] if variant == "clip" else out.last_hidden_state).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+  tokens = np.random.default_rng(1).integers(0, VOCAB, (2, 12)).astype(np.int32)
+  with torch.no_grad():
+    lm_logits = lm(input_ids=torch.from_numpy(tokens).long()).logits.numpy()
+  np.testing.assert_allclose(kosmos_logits(model, tokens), lm_logits, atol=TOL, rtol=0)
+  # the slot id lies past Llama's vocabulary, so LLaVA export is refused by name
+  with pytest.raises(hf_config.Unsupported, match="connector.kind='resampler'"):
+    hf_export.export_hf(wd, str(tmp_path / "x"), log=quiet)

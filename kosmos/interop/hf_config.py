@@ -62,11 +62,13 @@ def architecture_for(model: ml_collections.ConfigDict, text_only: bool = False) 
   return mapping.LLAVA
 
 
-def _check_llama(d: ml_collections.ConfigDict) -> None:
-  _need(d.positions == decoder_lib.Positions.ROPE,
+def _check_llama(d: ml_collections.ConfigDict, problems: list[str] | None = None) -> None:
+  """Llama-layout requirements; appended to `problems` if given, else raised."""
+  need = (lambda ok, m: None if ok else problems.append(m)) if problems is not None else _need
+  need(d.positions == decoder_lib.Positions.ROPE,
         f"decoder.positions={d.positions!r} has no transformers equivalent for a llama decoder "
         "(Llama uses rope)")
-  _need(not d.scale_embeddings, "decoder.scale_embeddings=True (sqrt(d_model) embedding scale) "
+  need(not d.scale_embeddings, "decoder.scale_embeddings=True (sqrt(d_model) embedding scale) "
         "has no Llama equivalent")
 
 
@@ -103,32 +105,42 @@ def to_hf_json(config: ml_collections.ConfigDict, architecture: str, dtype: str)
   """config.json for `architecture` (from `architecture_for`); Unsupported on any mismatch."""
   model, tok = config.model, config.tokenizer
   d, v, c = model.decoder, model.vision, model.connector
+  problems: list[str] = []
+
+  def need(ok: bool, message: str) -> None:
+    if not ok:
+      problems.append(message)
+
+  def done() -> None:
+    if problems:
+      raise Unsupported("; ".join(problems))
   if architecture == mapping.LLAMA:
     return dict(_llama_json(config, dtype), architectures=[mapping.LLAMA])
   if architecture == mapping.KOSMOS2:
-    _need(d.positions == decoder_lib.Positions.SINUSOIDAL,
+    need(d.positions == decoder_lib.Positions.SINUSOIDAL,
           f"decoder.positions={d.positions!r} has no transformers equivalent "
           "(Kosmos-2 uses sinusoidal)")
-    _need(d.position_offset >= 1,
+    need(d.position_offset >= 1,
           f"decoder.position_offset={d.position_offset}: Kosmos-2 positions start at "
           "pad_token_id + 1, so the offset must be >= 1 (configs/kosmos2.py uses 2)")
-    _need((d.num_kv_heads or d.num_heads) == d.num_heads,
+    need((d.num_kv_heads or d.num_heads) == d.num_heads,
           f"decoder.num_kv_heads={d.num_kv_heads} (grouped-query attention) has no Kosmos-2 "
           "equivalent")
-    _need(not d.head_dim or d.head_dim * d.num_heads == d.d_model,
+    need(not d.head_dim or d.head_dim * d.num_heads == d.d_model,
           f"decoder.head_dim={d.head_dim} != d_model/num_heads: Kosmos-2 has no free head_dim")
-    _need(v.variant == vision_lib.Variant.CLIP,
+    need(v.variant == vision_lib.Variant.CLIP,
           f"vision.variant={v.variant!r} inside Kosmos-2 has no transformers equivalent "
           "(Kosmos2VisionModel is a CLIP ViT)")
-    _need(v.feature_layer in (-1, v.depth), f"vision.feature_layer={v.feature_layer}: Kosmos-2 "
+    need(v.feature_layer in (-1, v.depth), f"vision.feature_layer={v.feature_layer}: Kosmos-2 "
           "takes the last layer (-1)")
-    _need(v.feature_select == vision_lib.FeatureSelect.ALL,
+    need(v.feature_select == vision_lib.FeatureSelect.ALL,
           f"vision.feature_select={v.feature_select!r}: Kosmos-2 keeps all tokens ('all')")
-    _need(v.post_norm, "vision.post_norm=False: Kosmos-2 post-layernorms every token")
-    _need(v.l2_normalize, "vision.l2_normalize=False: Kosmos-2 L2-normalises the features")
-    _need(c.num_heads == d.num_heads,
+    need(v.post_norm, "vision.post_norm=False: Kosmos-2 post-layernorms every token")
+    need(v.l2_normalize, "vision.l2_normalize=False: Kosmos-2 L2-normalises the features")
+    need(c.num_heads == d.num_heads,
           f"connector.num_heads={c.num_heads} != decoder.num_heads={d.num_heads}: Kosmos-2's "
           "image_to_text_projection uses the text model's attention_heads")
+    done()
     pad = d.position_offset - 1
     text = dict(
         model_type="kosmos_2_text_model", vocab_size=d.vocab_size, embed_dim=d.d_model,
@@ -144,19 +156,21 @@ def to_hf_json(config: ml_collections.ConfigDict, architecture: str, dtype: str)
                 vision_config=vision, latent_query_num=c.num_tokens,
                 tie_word_embeddings=bool(d.tie_embeddings), dtype=dtype, torch_dtype=dtype)
   if architecture == mapping.LLAVA:
-    _need(v.feature_layer != 0 and -v.depth - 1 <= v.feature_layer <= v.depth,
+    need(v.feature_layer != 0 and -v.depth - 1 <= v.feature_layer <= v.depth,
           f"vision.feature_layer={v.feature_layer} has no LLaVA equivalent")
-    _need(not v.post_norm, "vision.post_norm=True: LLaVA feeds the projector un-normed hidden "
+    need(not v.post_norm, "vision.post_norm=True: LLaVA feeds the projector un-normed hidden "
           "states (hidden_states[vision_feature_layer])")
-    _need(not v.l2_normalize, "vision.l2_normalize=True has no LLaVA equivalent")
+    need(not v.l2_normalize, "vision.l2_normalize=True has no LLaVA equivalent")
     if v.variant == vision_lib.Variant.SIGLIP:
       strategy = "full"  # no class token: 'default' would drop a patch
     else:
       strategy = "default" if v.feature_select == vision_lib.FeatureSelect.PATCH else "full"
-    _need(0 <= model.image_slot_id < d.vocab_size,
+    need(0 <= model.image_slot_id < d.vocab_size,
           f"model.image_slot_id={model.image_slot_id} lies outside the vocabulary "
           f"(vocab_size={d.vocab_size}); LLaVA marks image positions with an in-vocabulary "
           "image_token_index: resize the vocabulary or set model.image_slot_id")
+    _check_llama(d, problems)
+    done()
     text = _llama_json(config, dtype)
     text.pop("dtype"), text.pop("torch_dtype")
     return dict(architectures=[mapping.LLAVA], model_type="llava", text_config=text,
