@@ -79,9 +79,18 @@ def latest_step(directory: str) -> int | None:
   return max(steps) if steps else None
 
 
-def save_params(directory: str, step: int, params: Any, meta: dict[str, Any] | None = None) -> None:
-  """Writes a params-only checkpoint DIR/checkpoints/<step>/{params,meta} (import, export)."""
-  with ocp.CheckpointManager(checkpoint_dir(directory), item_names=(PARAMS, META)) as manager:
+def save_params(directory: str, step: int, params: Any, meta: dict[str, Any] | None = None,
+                save_concurrent_gb: float | None = None) -> None:
+  """Writes a params-only checkpoint DIR/checkpoints/<step>/{params,meta} (import, export).
+
+  `save_concurrent_gb` caps the bytes Orbax serialises at once (it must be at least the
+  largest array); kosmos-import sets it so saving adds about one tensor, not one model.
+  """
+  handlers = (None if save_concurrent_gb is None else
+              {PARAMS: ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb),
+               META: ocp.JsonCheckpointHandler()})
+  with ocp.CheckpointManager(checkpoint_dir(directory), item_names=(PARAMS, META),
+                             item_handlers=handlers) as manager:
     manager.save(step, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(params),
         META: ocp.args.JsonSave(dict(meta or {}, step=step)),
