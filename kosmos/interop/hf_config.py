@@ -178,7 +178,7 @@ def to_hf_json(config: ml_collections.ConfigDict, architecture: str, dtype: str)
                 image_seq_length=multimodal.tokens_per_image(model),
                 projector_hidden_act="gelu" if c.kind == connector_lib.Kind.MLP else "linear",
                 vision_feature_select_strategy=strategy,
-                vision_feature_layer=v.feature_layer if v.feature_layer < 0 else v.feature_layer,
+                vision_feature_layer=v.feature_layer,
                 multimodal_projector_bias=True, tie_word_embeddings=bool(d.tie_embeddings),
                 dtype=dtype, torch_dtype=dtype)
   raise ValueError(f"unknown export architecture {architecture!r}")
