@@ -116,17 +116,22 @@ class Engine:
       out[k] = np.concatenate(rows)
     return out
 
-  def _chunks(self, encoded: Sequence[prompt_lib.Encoded], batch_size: int):
-    """(indices, padded batch) groups of prompts of similar length."""
+  def _chunks(self, encoded: Sequence[prompt_lib.Encoded], batch_size: int, length: int = 0,
+              num_images: int = -1):
+    """(indices, padded batch) groups of prompts of similar length. `length` / `num_images`
+    fix P / M for every batch (multi-process runs need identical shapes on all hosts)."""
     batch_size = prompt_lib.round_up(max(1, batch_size), self.row_multiple)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].tokens))
     most_images = max((len(e.images) for e in encoded), default=0)
+    if num_images >= 0:
+      most_images = num_images
     for start in range(0, len(order), batch_size):
       idx = order[start:start + batch_size]
       group = [encoded[i] for i in idx]
-      length = prompt_lib.round_up(max(len(e.tokens) for e in group), self.length_multiple)
+      padded = length or prompt_lib.round_up(max(len(e.tokens) for e in group),
+                                             self.length_multiple)
       batch = prompt_lib.collate(group, image_size=self.image_size, pad_id=self.tok.pad_id,
-                                 length=length, num_images=most_images, batch_size=batch_size)
+                                 length=padded, num_images=most_images, batch_size=batch_size)
       yield idx, batch
 
   # --------------------------------------------------------------------------- generate
@@ -135,8 +140,10 @@ class Engine:
                num_beams: int = 1, length_penalty: float = 0.0, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                stop_strings: Sequence[str] = (), batch_size: int = 8,
-               progress: Callable[[int], Any] | None = None) -> list[Generation]:
-    """Continues each prompt (segment list); `progress(n)` is called after each batch."""
+               progress: Callable[[int], Any] | None = None, length: int = 0,
+               num_images: int = -1) -> list[Generation]:
+    """Continues each prompt (segment list); `progress(n)` is called after each batch.
+    `length`/`num_images` fix the padded prompt length / images per row (0/-1: per batch)."""
     if temperature <= 0.0 or top_k == 1:  # greedy: one compiled loop for all spellings
       temperature, top_k, top_p = 0.0, 0, 1.0
     if num_beams == 1:
@@ -147,7 +154,7 @@ class Engine:
     encoded = [self.encode(p) for p in prompts]
     results: list[Generation | None] = [None] * len(encoded)
     rng = jax.random.PRNGKey(seed)
-    for chunk, (idx, batch) in enumerate(self._chunks(encoded, batch_size)):
+    for chunk, (idx, batch) in enumerate(self._chunks(encoded, batch_size, length, num_images)):
       if batch["tokens"].shape[1] + max_new_tokens > self.max_len:
         longest = max(len(encoded[i].tokens) for i in idx)
         raise ValueError(f"prompt of {longest} tokens (padded to {batch['tokens'].shape[1]}) + "
@@ -177,7 +184,8 @@ class Engine:
 
   def score(self, prompts: Sequence[Sequence[dict[str, Any]]],
             candidates: Sequence[Sequence[str]], *, batch_size: int = 8,
-            progress: Callable[[int], Any] | None = None) -> list[list[tuple[float, float]]]:
+            progress: Callable[[int], Any] | None = None, length: int = 0,
+            num_images: int = -1) -> list[list[tuple[float, float]]]:
     """(sum, mean) log-probability of each candidate continuation of each prompt.
 
     A candidate is tokenized on its own (`encode(candidate)`, no bos/eos) and appended to the
@@ -196,7 +204,7 @@ class Engine:
         owners.append((p, c, len(base.tokens)))
     out: list[list[tuple[float, float]]] = [[(0.0, 0.0)] * len(c) for c in candidates]
     options = self._options()
-    for idx, batch in self._chunks(rows, batch_size):
+    for idx, batch in self._chunks(rows, batch_size, length, num_images):
       if batch["tokens"].shape[1] > self.max_len:
         raise ValueError(f"a prompt + candidate of {batch['tokens'].shape[1]} padded tokens "
                          f"exceeds model.decoder.max_len={self.max_len}")

@@ -1,0 +1,118 @@
+"""`kosmos-eval`: few-shot evaluation of a workdir's checkpoint on one task.
+
+    kosmos-eval --workdir DIR --task coco --data /data/coco --shots 0,4,8 --trials 3 \
+        --out results/coco.json
+
+Loads DIR/config.json and the params of checkpoint `--step` (default: the latest) laid out
+on the config's mesh, runs `kosmos.eval.runner.evaluate`, prints a table, and writes `--out`
+(one row per shot count: per-trial values, mean, std), the predictions next to it
+(`<out>.predictions.json`) and DIR/eval/<step>/<task>.json. In a multi-process job every
+process runs this command; queries are split between processes and gathered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from kosmos.train import distributed
+
+distributed.set_local_devices_from_env()  # before jax is imported (KOSMOS_LOCAL_DEVICES)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flax import nnx  # pylint: disable=wrong-import-position
+
+from kosmos import sharding  # pylint: disable=wrong-import-position
+from kosmos import workdir as workdir_lib
+from kosmos.eval import runner
+from kosmos.eval import tasks as tasks_lib
+from kosmos.model import multimodal
+
+
+def parse_shots(text: str) -> list[int]:
+  try:
+    shots = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--shots {text!r}: expected comma-separated integers "
+                                     "such as 0,4,8") from None
+  if not shots or any(s < 0 for s in shots):
+    raise argparse.ArgumentTypeError(f"--shots {text!r}: expected integers >= 0")
+  return shots
+
+
+def load_params(directory: str, config, mesh, step: int | None):
+  """(step, params pure dict) restored directly into the mesh layout."""
+  abstract = nnx.eval_shape(lambda: multimodal.Multimodal(config.model, rngs=nnx.Rngs(0)))
+  params_state = nnx.state(abstract, nnx.Param)
+  shardings = nnx.to_pure_dict(sharding.param_shardings(params_state, mesh, config.sharding_rules))
+  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        nnx.to_pure_dict(params_state), shardings)
+  return workdir_lib.restore_params(directory, step, target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="kosmos-eval", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="workdir with config.json + checkpoints")
+  parser.add_argument("--task", required=True, choices=sorted(tasks_lib.TASKS))
+  parser.add_argument("--data", required=True, help="the task's data directory")
+  parser.add_argument("--shots", type=parse_shots, default=[0, 4, 8], help="e.g. 0,4,8")
+  parser.add_argument("--trials", type=int, default=1, help="random demonstration seeds")
+  parser.add_argument("--rices", action="store_true",
+                      help="demonstrations by image similarity (RICES) instead of random")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  parser.add_argument("--num-queries", type=int, default=0, help="test subset size (0 = all)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--caption-beams", type=int, default=3)
+  parser.add_argument("--caption-tokens", type=int, default=20)
+  parser.add_argument("--vqa-beams", type=int, default=1)
+  parser.add_argument("--vqa-tokens", type=int, default=5)
+  parser.add_argument("--length-penalty", type=float, default=0.0)
+  parser.add_argument("--task-option", action="append", default=[], metavar="KEY=JSON",
+                      help="loader option, e.g. json_path=\"/x/dataset_coco.json\"")
+  parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument("--out", required=True, help="results JSON file")
+  return parser
+
+
+def _task_options(items: list[str]) -> dict:
+  options = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--task-option {item!r}: expected KEY=VALUE")
+    try:
+      options[key] = json.loads(value)
+    except json.JSONDecodeError:
+      options[key] = value
+  return options
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  distributed.initialize()  # multi-process as the environment says (launch/ scripts)
+  config = workdir_lib.load_config(args.workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  step, params = load_params(args.workdir, config, mesh, args.step)
+  settings = runner.Settings(caption_beams=args.caption_beams, caption_tokens=args.caption_tokens,
+                             vqa_beams=args.vqa_beams, vqa_tokens=args.vqa_tokens,
+                             length_penalty=args.length_penalty, batch_size=args.batch_size)
+  result = runner.evaluate(config, params, args.task, args.data, args.shots, trials=args.trials,
+                           rices=args.rices, num_queries=args.num_queries, seed=args.seed,
+                           settings=settings, mesh=mesh, task_options=_task_options(args.task_option),
+                           rices_cache_dir=os.path.join(args.workdir, "eval", "rices_cache"),
+                           show_progress=not args.no_progress)
+  result.update(step=step, workdir=os.path.abspath(args.workdir), data=os.path.abspath(args.data),
+                command="kosmos-eval " + " ".join(argv if argv is not None else sys.argv[1:]))
+  runner.write_results(result, args.out)
+  runner.write_results(result, os.path.join(args.workdir, "eval", str(step), f"{result['task']}.json"))
+  if jax.process_index() == 0:
+    print(runner.format_table(result))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Few-shot evaluation: demonstrations -> prompts -> generation / scoring -> metrics.
+
+`evaluate(config, params, task, data_dir, shots, ...)` is the Python entry (training calls
+it every K steps; `kosmos-eval` wraps it). For each shot count and trial it selects
+demonstrations (`kosmos.eval.demos`: seeded random query sets, or RICES on the model's own
+vision features), builds prompts (`kosmos.eval.prompts`), and
+
+    caption          beam search (3 beams, length penalty 0, 20 new tokens), post-processed
+                     as OpenFlamingo does, CIDEr
+    vqa              greedy, 5 new tokens, first short answer, VQA accuracy
+    classification,  rank classification: sum log-likelihood of each class / choice after
+    multiple_choice  the prompt (kosmos.infer.score); accuracy, or ROC AUC on P(class 1)
+
+Returns {"rows": [{"shots", "values" per trial, "mean", "std"}], "predictions": ...}.
+Processes split the queries (process i takes queries i::P, padded to equal counts so
+every host runs the same batches) and all-gather their predictions before scoring.
+RICES selects the same demonstrations every trial, so it runs one trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from kosmos.eval import demos as demos_lib
+from kosmos.eval import metrics
+from kosmos.eval import prompts as prompts_lib
+from kosmos.eval import tasks as tasks_lib
+from kosmos.infer import engine as engine_lib
+from kosmos.infer import prompt as prompt_lib
+from kosmos.model import multimodal
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Decoding per task kind (OpenFlamingo's eval defaults for captioning)."""
+  caption_beams: int = 3
+  caption_tokens: int = 20
+  vqa_beams: int = 1
+  vqa_tokens: int = 5
+  length_penalty: float = 0.0
+  batch_size: int = 8
+
+
+def build_model(config: ml_collections.ConfigDict, params: Any,
+                mesh: jax.sharding.Mesh | None = None) -> multimodal.Multimodal:
+  """A Multimodal from `params`: a model (returned as is), an nnx.State, or the pure dict
+  `kosmos.workdir.restore_params` returns."""
+  if isinstance(params, multimodal.Multimodal):
+    return params
+  abstract = nnx.eval_shape(lambda: multimodal.Multimodal(config.model, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  if isinstance(params, nnx.State):
+    params = nnx.to_pure_dict(params)
+  nnx.replace_by_pure_dict(state, params)
+  model = nnx.merge(graphdef, state)
+  return model
+
+
+def vision_embed_fn(engine: engine_lib.Engine) -> Callable[[list[bytes]], np.ndarray]:
+  """RICES features from the model's own vision tower: mean of the ViT's output tokens."""
+  model = nnx.merge(engine.graphdef, engine.state)
+
+  @nnx.jit
+  def features(model, images):
+    out, _ = model.vision(images)
+    return out.mean(axis=1)
+
+  def embed(encoded: list[bytes]) -> np.ndarray:
+    images = np.stack([prompt_lib.load_image(b, engine.image_size) for b in encoded])
+    return np.asarray(features(model, images), np.float32)
+  return embed
+
+
+def _allgather_json(values: list[Any]) -> list[Any]:
+  """Concatenates every process's list (JSON-serialisable items), in process order."""
+  if jax.process_count() == 1:
+    return list(values)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  data = np.frombuffer(json.dumps(values).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:data.size] = data
+  gathered = multihost_utils.process_allgather(padded)
+  out = []
+  for size, row in zip(np.asarray(sizes).reshape(-1), np.asarray(gathered)):
+    out.extend(json.loads(row[:int(size)].tobytes().decode()))
+  return out
+
+
+def _local_queries(queries: Sequence[tasks_lib.Example]) -> tuple[list, int]:
+  """This process's slice, padded with its last query to ceil(Q / P) (count of real ones)."""
+  count, index = jax.process_count(), jax.process_index()
+  mine = list(queries[index::count])
+  per = math.ceil(len(queries) / count)
+  real = len(mine)
+  while len(mine) < per:
+    mine.append(mine[-1] if mine else queries[0])
+  return mine, real
+
+
+def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> float:
+  """The task metric (x100) from saved predictions (see `run_trial` for their keys)."""
+  if task.kind == tasks_lib.CAPTION:
+    return metrics.score(metrics.CIDER, {p["id"]: p["prediction"] for p in predictions},
+                         {p["id"]: p["references"] for p in predictions}, **task.metric_options)
+  if task.kind == tasks_lib.VQA:
+    scored = [p for p in predictions if p["references"]]
+    if not scored:
+      return math.nan
+    return metrics.score(metrics.VQA_ACCURACY, [p["prediction"] for p in scored],
+                         [p["references"] for p in scored], **task.metric_options)
+  if task.metric == metrics.ROC_AUC:
+    probs = metrics.class_probabilities(np.asarray([p["logprobs"] for p in predictions]))
+    return metrics.score(metrics.ROC_AUC, probs[:, 1].tolist(),
+                         [p["label"] for p in predictions], **task.metric_options)
+  return metrics.score(metrics.ACCURACY, [p["prediction"] for p in predictions],
+                       [p["label"] for p in predictions], **task.metric_options)
+
+
+def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence,
+              demos: Sequence[Sequence], *, text_only: bool, settings: Settings,
+              progress: Callable[[int], Any] | None = None,
+              fixed_shapes: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+  """Predictions for `queries` (this process's), each {"id", "prediction", "raw" |
+  "logprobs", "references" | "label"}; `demos[i]` are query i's demonstrations."""
+  template = prompts_lib.get_template(task.template)
+  classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
+  built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
+                                    else (), text_only_demos=text_only)
+           for q, d in zip(queries, demos)]
+  length, num_images = fixed_shapes or (0, -1)
+  out = []
+  if classify:
+    scores = engine.score([b.segments for b in built], [b.candidates for b in built],
+                          batch_size=settings.batch_size, progress=progress, length=length,
+                          num_images=num_images)
+    for q, s in zip(queries, scores):
+      logprobs = [total for total, _ in s]
+      out.append({"id": q.id, "prediction": int(np.argmax(logprobs)), "logprobs": logprobs,
+                  "label": q.label})
+    return out
+  caption = task.kind == tasks_lib.CAPTION
+  gens = engine.generate(
+      [b.segments for b in built],
+      max_new_tokens=settings.caption_tokens if caption else settings.vqa_tokens,
+      num_beams=settings.caption_beams if caption else settings.vqa_beams,
+      length_penalty=settings.length_penalty, batch_size=settings.batch_size,
+      progress=progress, length=length, num_images=num_images)
+  post = metrics.postprocess_caption if caption else metrics.postprocess_vqa
+  for q, g in zip(queries, gens):
+    out.append({"id": q.id, "prediction": post(g.text), "raw": g.text,
+                "references": list(q.references)})
+  return out
+
+
+def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_lib.Task,
+             data_dir: str, shots: Sequence[int], *, trials: int = 1, rices: bool = False,
+             num_queries: int = 0, seed: int = 0, settings: Settings = Settings(),
+             mesh: jax.sharding.Mesh | None = None, task_options: dict | None = None,
+             rices_cache_dir: str | None = None, show_progress: bool = True,
+             engine: engine_lib.Engine | None = None) -> dict[str, Any]:
+  """Evaluates one task at several shot counts (module docstring). Returns a results dict
+  with "rows" (one per shot count) and "predictions" {shots: [per-trial prediction lists]}."""
+  if isinstance(task, str):
+    task = tasks_lib.load_task(task, data_dir, **(task_options or {}))
+  if trials < 1:
+    raise ValueError(f"trials={trials} must be >= 1")
+  queries = tasks_lib.sample_eval_set(task.test, num_queries, seed)
+  if engine is None:
+    engine = engine_lib.Engine(build_model(config, params, mesh), config, mesh=mesh,
+                               length_multiple=128)
+  local, real = _local_queries(queries)
+  fixed = None
+  if jax.process_count() > 1:  # every host must run identically shaped batches
+    new = max(settings.caption_tokens, settings.vqa_tokens)
+    fixed = (engine.max_len - new, max(shots) + 1)
+  rices_selector = None
+  if rices and any(s > 0 for s in shots):
+    cache = (demos_lib.embedding_cache_path(rices_cache_dir, task.name, "own_vision")
+             if rices_cache_dir else None)
+    rices_selector = demos_lib.Rices(task.train, vision_embed_fn(engine), cache_path=cache)
+  rows, predictions = [], {}
+  total = sum(len(local) * (1 if rices and s > 0 else trials) for s in shots)
+  bar = _progress_bar(total, f"{task.name}", show_progress and jax.process_index() == 0)
+  for shot in shots:
+    k = demos_lib.effective_shots(shot)
+    shot_trials = 1 if rices_selector is not None and shot > 0 else trials
+    values, shot_predictions = [], []
+    for trial in range(shot_trials):
+      if rices_selector is not None and shot > 0:
+        demos = rices_selector.select(local, k)
+      else:
+        random_demos = demos_lib.RandomDemos(task.train, seed=seed + trial)
+        demos = [random_demos.select(q, k) for q in local]
+      preds = run_trial(engine, task, local, demos, text_only=shot == 0, settings=settings,
+                        progress=bar.update if bar else None, fixed_shapes=fixed)
+      preds = _allgather_json(preds[:real])
+      values.append(score_predictions(task, preds))
+      shot_predictions.append(preds)
+    mean, std = metrics.mean_std(values)
+    rows.append({"shots": shot, "metric": task.metric, "values": values, "mean": mean,
+                 "std": std, "trials": shot_trials, "num_queries": len(queries),
+                 "demos": "rices" if rices_selector is not None and shot > 0 else
+                 ("text_only_random" if shot == 0 else "random")})
+    predictions[str(shot)] = shot_predictions
+  if bar:
+    bar.close()
+  return {"task": task.name, "kind": task.kind, "metric": task.metric, "rows": rows,
+          "predictions": predictions, "skipped": dict(task.skipped),
+          "settings": dataclasses.asdict(settings), "seed": seed}
+
+
+def _progress_bar(total: int, desc: str, show: bool):
+  if not show:
+    return None
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(total=total, desc=desc, unit="query")
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """A plain-text table: shots | metric mean ± std | trials | queries."""
+  lines = [f"{result['task']} ({result['metric']}, x100)",
+           f"{'shots':>5}  {'mean':>8}  {'std':>7}  {'trials':>6}  {'queries':>7}"]
+  for row in result["rows"]:
+    lines.append(f"{row['shots']:>5}  {row['mean']:>8.2f}  {row['std']:>7.2f}  "
+                 f"{row['trials']:>6}  {row['num_queries']:>7}")
+  return "\n".join(lines)
+
+
+def write_results(result: dict[str, Any], out: str) -> tuple[str, str]:
+  """Writes `out` (everything but predictions) and `<out stem>.predictions.json` next to it;
+  returns both paths (process 0 writes)."""
+  stem = out[:-5] if out.endswith(".json") else out
+  pred_path = stem + ".predictions.json"
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    summary = {k: v for k, v in result.items() if k != "predictions"}
+    summary["predictions_file"] = os.path.basename(pred_path)
+    for path, payload in ((out, summary), (pred_path, result["predictions"])):
+      tmp = path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+      os.replace(tmp, path)
+  return out, pred_path
