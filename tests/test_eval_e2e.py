@@ -130,3 +130,31 @@ def test_vqav2_0_4_8_shots_two_trials(workdir, tmp_path):
   result, predictions = _check(out, "vqav2", [0, 4, 8], 2, data, workdir)
   # Different seeds pick different demonstrations, so trial prompts differ.
   assert result["rows"][1]["demos"] == "random" and result["rows"][0]["demos"] == "text_only_random"
+
+
+def test_image_folder_classification_with_rices(workdir, tmp_path):
+  rng = np.random.default_rng(2)
+  data = str(tmp_path / "imagenet")
+  for split, count in (("train", 4), ("val", 2)):
+    for name in ("cat", "dog"):
+      os.makedirs(os.path.join(data, split, name))
+      for i in range(count):
+        with open(os.path.join(data, split, name, f"{i}.jpg"), "wb") as f:
+          f.write(_jpeg(rng))
+  config = workdir_lib.load_config(workdir)
+  _, params = workdir_lib.restore_params(workdir)
+  settings = runner.Settings(batch_size=8)
+  result = runner.evaluate(config, params, "imagenet", data, [0, 2], rices=True, trials=2,
+                           settings=settings, show_progress=False,
+                           rices_cache_dir=str(tmp_path / "rices"))
+  task = tasks_lib.load_task("imagenet", data)
+  assert [r["demos"] for r in result["rows"]] == ["text_only_random", "rices"]
+  assert [r["trials"] for r in result["rows"]] == [2, 1]  # RICES is deterministic: one trial
+  assert os.path.exists(tmp_path / "rices" / "imagenet.own_vision.npy")
+  for row in result["rows"]:
+    for value, preds in zip(row["values"], result["predictions"][str(row["shots"])]):
+      assert len(preds) == 4
+      for p in preds:
+        assert len(p["logprobs"]) == 2 and p["prediction"] == int(np.argmax(p["logprobs"]))
+      assert value == pytest.approx(runner.score_predictions(task, preds))
+      assert value == pytest.approx(100 * np.mean([p["prediction"] == p["label"] for p in preds]))
