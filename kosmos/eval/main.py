@@ -1,4 +1,4 @@
-"""`kosmos-eval`: few-shot evaluation of a workdir's checkpoint on one task.
+r"""`kosmos-eval`: few-shot evaluation of a workdir's checkpoint on one task.
 
     kosmos-eval --workdir DIR --task coco --data /data/coco --shots 0,4,8 --trials 3 \
         --out results/coco.json
