@@ -9,6 +9,7 @@ same (b, P, m). Beam search is `kosmos.infer.beam`; text in/out is `kosmos.infer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -59,16 +60,8 @@ class Options:
 def mesh_context(options: Options):
   """The `sharding.use_mesh` context for traced code (a no-op without a mesh)."""
   if options.mesh is None:
-    return _null()
+    return contextlib.nullcontext()
   return sharding.use_mesh(options.mesh, options.rules)
-
-
-class _null:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
-    return False
 
 
 def is_stop(tokens_b: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
