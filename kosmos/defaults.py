@@ -56,6 +56,7 @@ def data() -> ml_collections.ConfigDict:
       global_batch_size=8,
       max_images_per_row=8,  # M in the batch format
       max_images_per_doc=5,  # KOSMOS-1's cap for interleaved documents
+      num_shards=0,  # data shards (0 = one per process); kosmos.data.shards
       workers=0,  # Grain mp_prefetch workers per process (0 = in-process)
       shuffle_seed=0,
       max_bad_fraction=0.01,  # stop when more records than this fraction are bad
@@ -87,6 +88,7 @@ def train() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       steps=1000, log_every=10, checkpoint_every=500, keep=3, keep_every=0,
       eval_every=0, nan_policy="stop",  # stop | skip
+      max_consecutive_skips=20,  # with nan_policy="skip": more in a row stop the run
       init_from="",  # params-only checkpoint or imported workdir
       init_patterns=(".*",),
   ))

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from kosmos import sharding
 from kosmos import workdir as workdir_lib
 from kosmos.data import pipeline
+from kosmos.data import shards
 from kosmos.model import multimodal
 from kosmos.train import checkpoint as checkpoint_lib
 from kosmos.train import flops as flops_lib
@@ -86,10 +87,14 @@ def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[
 
 
 def make_data(config: ml_collections.ConfigDict):
-  return pipeline.make_dataset(
-      config.data, config.tokenizer, image_size=config.model.vision.image_size,
-      tokens_per_image=multimodal.tokens_per_image(config.model),
-      process_index=jax.process_index(), process_count=jax.process_count())
+  """This process's batches: its data shards (kosmos.data.shards), concatenated."""
+  def build(shard: int, count: int):  # a shard's batch: global_batch_size / count rows
+    return pipeline.make_dataset(
+        config.data, config.tokenizer, image_size=config.model.vision.image_size,
+        tokens_per_image=multimodal.tokens_per_image(config.model),
+        process_index=shard, process_count=count)
+
+  return shards.make(build, config.data.num_shards, jax.process_index(), jax.process_count())
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -149,10 +154,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = None
   history: list[dict[str, Any]] = []
   losses: list[float] = []
-  skipped = 0
+  skipped = consecutive = 0
   last_log = time.time()
   images_since = 0
-  step = int(state.step)
+  step = reported = int(state.step)
   with _StopFlag() as stop:
     while step < total_steps:
       local = next(data_iter)
@@ -166,7 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       images_since += int(local["image_mask"].sum()) * jax.process_count()
       step += 1
       tokens_seen += int(np.prod(local["tokens"].shape)) * jax.process_count()
-      report(step)
+      if step > reported:  # a skipped (non-finite) step is retried under the same number
+        report(step)
+        reported = step
       for hook in hooks or ():
         hook(step, state)
       at_log = step % config.train.log_every == 0 or step == total_steps
@@ -184,6 +191,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f"{checkpointer.latest_step()} in {workdir}. Set train.nan_policy='skip' to go on.")
         skipped += bad
         step = int(jax.device_get(state.step))  # skipped updates do not advance the step
+        consecutive = consecutive + bad if bad == len(history) else 0
+        if consecutive > config.train.max_consecutive_skips:
+          checkpointer.close()
+          raise NonFiniteError(
+              f"{consecutive} consecutive non-finite steps at step {step} (more than "
+              f"train.max_consecutive_skips={config.train.max_consecutive_skips}): the model "
+              f"diverged; the last good checkpoint is step {checkpointer.latest_step()} in {workdir}")
         elapsed = max(time.time() - last_log, 1e-9)
         summary.update({
             "tokens_per_s": len(history) * config.data.global_batch_size * config.data.seq_len / elapsed,
@@ -193,13 +207,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         mfu = flops_lib.mfu(step_flops, elapsed / len(history), jax.device_count(), device_kind)
         if mfu is not None:
           summary["mfu"] = mfu
+        # Data counters: records per source always, problem counters once non-zero.
+        data_scalars = {f"data/{k}": v for k, v in data_totals.items() if v or k.endswith("/records")}
         writer.write_scalars(step, summary)
+        writer.write_scalars(step, data_scalars)
         if is_main:
           with open(os.path.join(workdir, "metrics", "train_log.jsonl"), "a") as f:
-            f.write(json.dumps(dict(summary, step=step)) + "\n")
-        # Data counters: records per source always, problem counters once non-zero.
-        writer.write_scalars(step, {f"data/{k}": v for k, v in data_totals.items()
-                                    if v or k.endswith("/records")})
+            f.write(json.dumps(dict(summary, **data_scalars, step=step)) + "\n")
         losses.append(summary["loss"])
         history, images_since, last_log = [], 0, time.time()
       if at_ckpt or stopping:
