@@ -53,6 +53,9 @@ setuptools.setup(
         "console_scripts": [
             "kosmos-summary=kosmos.model.summary:main",
             "kosmos-train=kosmos.train.main:main",
+            "kosmos-eval=kosmos.eval.main:main",
+            "kosmos-export=kosmos.interop.main:export_main",
+            "kosmos-import=kosmos.interop.main:import_main",
         ],
     },
 )
