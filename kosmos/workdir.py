@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 CONFIG = "config.json"
@@ -100,11 +101,19 @@ def save_params(directory: str, step: int, params: Any, meta: dict[str, Any] | N
 
 def restore_params(directory: str, step: int | None = None, target: Any = None) -> tuple[int, Any]:
   """(step, params) from DIR/checkpoints; `target` (abstract arrays with shardings) lays
-  the values out on a mesh, else they come back as host arrays."""
+  the values out on a mesh, else they come back as host numpy arrays."""
   step = latest_step(directory) if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(directory)}")
-  with ocp.CheckpointManager(checkpoint_dir(directory), item_names=(PARAMS,)) as manager:
+  with ocp.CheckpointManager(checkpoint_dir(directory), item_names=(PARAMS,),
+                             item_handlers={PARAMS: ocp.StandardCheckpointHandler()}) as manager:
+    if target is None:  # onto this process's first device, whatever mesh saved them
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            manager.item_metadata(step)[PARAMS])
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          PARAMS: ocp.args.StandardRestore(target)}))
+      return step, jax.tree.map(np.asarray, restored[PARAMS])
     restored = manager.restore(step, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardRestore(target)}))
   return step, restored[PARAMS]
