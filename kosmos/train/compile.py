@@ -1,0 +1,500 @@
+"""kosmos-compile: ahead-of-time compile of the real train step for a TPU topology, on any host.
+
+    kosmos-compile --config configs/kosmos1.py --topology v5p-256 --out /tmp/k1.json \
+        [--config.mesh.fsdp=-1 --config.data.global_batch_size=1024 ...]
+
+libtpu describes the target chips (`jax.experimental.topologies`), so a CPU-only machine
+builds the config's mesh over them, takes the abstract state from `step.setup` and an
+abstract batch of the config's global batch, and lowers + compiles `step.jit_train_step`
+exactly as the trainer would (same shardings, same donation). Nothing is allocated.
+
+The report is per chip (v4 / v5p run one megacore device per chip, v5e / v6e one core):
+  memory   argument + output - alias + temporary + generated code = total, vs the chip's HBM;
+           a config too large for HBM fails XLA's compile with RESOURCE_EXHAUSTED, and then
+           the figures come from that error's message (source "oom_error").
+  cost     XLA's `cost_analysis()` of the SPMD program, which is ONE device's partition:
+           flops and bytes are per chip, `optimal_seconds` is its cost model's step time.
+  MFU      analytic model FLOPs of the global batch (kosmos.train.flops) /
+           (step seconds * peak FLOP/s per chip * chips).
+A config that does not fit gets suggestions computed from its numbers (remat, fsdp,
+gradient accumulation, chips).
+
+Topology names: v4-N and v5p-N count TensorCores (chips = N / 2; 3-D torus), v5e-N (also
+v5litepod-N) and v6e-N count chips (2-D, at most 256 per slice); `KxNAME` is K slices
+(multislice over DCN: `mesh.dcn_data` defaults to K).
+"""
+
+from __future__ import annotations
+
+import os
+
+# libtpu runs here only as a compiler: keep the runtime on the CPU and tell libtpu it is
+# not on a TPU VM (otherwise it queries metadata and prints TPU_WORKER_HOSTNAMES warnings);
+# several compiles may run at once (no chip is opened), so skip libtpu's process lockfile.
+for _key, _value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+                     ("TPU_ACCELERATOR_TYPE", "v5p-8"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                     ("TPU_WORKER_ID", "0"), ("TF_CPP_MIN_LOG_LEVEL", "3")):
+  os.environ.setdefault(_key, _value)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import argparse
+import ast
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import platform
+import re
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kosmos import configs, sharding
+from kosmos.train import flops as flops_lib
+from kosmos.train import freeze
+from kosmos.train import step as step_lib
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """A TPU generation: how its names count, its torus rank, chip config and HBM per chip."""
+  prefix: str  # libtpu topology prefix, e.g. "v5p" in "v5p:4x4x8"
+  dims: int  # 3 (v4, v5p: 3-D torus) or 2 (v5e, v6e)
+  cores_per_chip: int  # what the name's number counts per chip (2: TensorCores, 1: chips)
+  chip_config: str  # "megacore" (one device per chip of two cores) or "default"
+  hbm_bytes: int
+  min_chips: int
+  max_chips: int  # per slice
+
+
+GENERATIONS = {
+    "v4": Generation("v4", 3, 2, "megacore", 32 * GIB, 4, 4096),
+    "v5p": Generation("v5p", 3, 2, "megacore", 95 * GIB, 4, 8192),
+    "v5e": Generation("v5e", 2, 1, "default", 16 * GIB, 1, 256),
+    "v6e": Generation("v6e", 2, 1, "default", 32 * GIB, 1, 256),
+}
+ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
+
+# Used only when XLA gives no step-time estimate: step = XLA FLOPs / (peak * this).
+ASSUMED_EFFICIENCY = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str  # as given, e.g. "2xv5p-256"
+  generation: str  # key of GENERATIONS
+  topology_name: str  # libtpu's, e.g. "v5p:4x4x8"
+  chip_config: str
+  chips_per_host_bounds: tuple[int, int, int]
+  num_slices: int
+  chips_per_slice: int
+  hbm_bytes: int
+
+  @property
+  def chips(self) -> int:
+    return self.chips_per_slice * self.num_slices
+
+
+class TopologyError(ValueError):
+  """A topology name that does not name a TPU slice this module can describe."""
+
+
+def valid_names() -> list[str]:
+  """Every single-slice name `parse_topology` accepts (prefix with `Kx` for K slices)."""
+  out = []
+  for gen_name, gen in GENERATIONS.items():
+    chips = gen.min_chips
+    while chips <= gen.max_chips:
+      if gen.dims == 2 or chips >= 4:
+        out.append(f"{gen_name}-{chips * gen.cores_per_chip}")
+      chips *= 4 if chips == 1 else 2
+  return out
+
+
+def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
+  """Slice shape of a power-of-two chip count: start at 2x2(x1) and double the last of
+  the smallest dims, which gives the standard shapes (v5p-256: 4x4x8, v5e-256: 16x16)."""
+  if chips == 1:
+    return (1,) * dims
+  shape = [2, 2] + [1] * (dims - 2)
+  while math.prod(shape) < chips:
+    smallest = min(shape)
+    last = max(i for i, s in enumerate(shape) if s == smallest)
+    shape[last] *= 2
+  return tuple(shape)
+
+
+def parse_topology(name: str) -> Topology:
+  """'v5p-256' -> Topology(topology_name='v5p:4x4x8', chips 128, ...); '2xv5e-256' = 2 slices."""
+  match = re.fullmatch(r"(?:(\d+)x)?([a-z0-9]+)-(\d+)", name.strip().lower())
+  gen_name = ALIASES.get(match.group(2), match.group(2)) if match else None
+  if not match or gen_name not in GENERATIONS:
+    raise TopologyError(f"unknown TPU topology {name!r}; valid: {', '.join(valid_names())} "
+                        f"(v5litepod-N = v5e-N; prefix Kx for K slices, e.g. 2xv5p-256)")
+  gen = GENERATIONS[gen_name]
+  slices, count = int(match.group(1) or 1), int(match.group(3))
+  chips, rest = divmod(count, gen.cores_per_chip)
+  power_of_two = chips >= 1 and chips & (chips - 1) == 0
+  if (rest or not power_of_two or not gen.min_chips <= chips <= gen.max_chips or chips == 2
+      or (gen.dims == 3 and chips < 4) or slices < 1):
+    sizes = [n for n in valid_names() if n.startswith(gen_name + "-")]
+    raise TopologyError(f"TPU topology {name!r}: {gen_name}-{count} is not a slice size this "
+                        f"tool knows; valid {gen_name} sizes: {', '.join(sizes)}")
+  shape = torus_shape(chips, gen.dims)
+  host = (1, 1, 1) if chips == 1 else (2, 4, 1) if chips == 8 and gen.dims == 2 else (2, 2, 1)
+  return Topology(name=name, generation=gen_name,
+                  topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}",
+                  chip_config=gen.chip_config, chips_per_host_bounds=host, num_slices=slices,
+                  chips_per_slice=chips, hbm_bytes=gen.hbm_bytes)
+
+
+def topology_devices(topology: Topology) -> list[Any]:
+  """The target TPU devices, described by libtpu (no TPU needed)."""
+  from jax.experimental import topologies  # loads the TPU plugin as a compiler
+  desc = topologies.get_topology_desc(
+      platform="tpu", topology_name=topology.topology_name, chip_config_name=topology.chip_config,
+      chips_per_host_bounds=topology.chips_per_host_bounds, num_slices=topology.num_slices)
+  return list(desc.devices)
+
+
+def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch's shapes (ARCHITECTURE.md batch format) for `config.data`."""
+  data = config.data
+  b, l, m, s = (data.global_batch_size, data.seq_len, data.max_images_per_row,
+                config.model.vision.image_size)
+  shapes = {k: ((b, l), jnp.int32) for k in ("tokens", "targets", "segment_ids", "positions")}
+  shapes.update(loss_mask=((b, l), jnp.float32), kind_ids=((b, l), jnp.int8),
+                images=((b, m, s, s, 3), jnp.uint8), image_mask=((b, m), jnp.bool_))
+  if data.max_vectors_per_row > 0 and data.vector_dim > 0:
+    v = data.max_vectors_per_row
+    shapes.update(vectors=((b, v, data.vector_dim), jnp.float32), vector_mask=((b, v), jnp.bool_))
+  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+
+def trainable_vision_layers(params: Any, depth: int) -> int:
+  """ViT blocks that need a backward pass: from the first block with a trained param on."""
+  blocks = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    found = re.match(r"vision\.blocks\.(\d+)\.", freeze.path_string(path))
+    if found:
+      blocks.add(int(found.group(1)))
+  return depth - min(blocks) if blocks else 0
+
+
+def _count(tree: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+_SIZE = r"([\d.]+)([KMGT]?)"
+_OOM_TEMPS = re.compile(rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
+_OOM_USED = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}  # XLA's G is GiB
+
+
+def _oom_memory(message: str, arguments: int) -> dict[str, Any] | None:
+  """Memory figures from XLA:TPU's out-of-HBM compile error, or None for another error.
+
+  The message gives the temporaries (or the whole use) and XLA's usable HBM; the argument
+  bytes are computed from the shardings, so `total` is a lower bound (no code, no outputs).
+  """
+  size = lambda value, unit: int(float(value) * _UNITS[unit])
+  lines = [line for line in message.splitlines() if "memory" in line.lower()] or [message]
+  out = {"source": "oom_error", "argument": arguments, "total_is_lower_bound": True,
+         "message": lines[0].strip()[:400]}
+  if found := _OOM_TEMPS.search(message):
+    temporary = size(*found.group(1, 2))
+    out.update(temporary=temporary, total=arguments + temporary,
+               xla_usable_hbm=size(*found.group(3, 4)))
+    return out
+  if found := _OOM_USED.search(message):
+    out.update(total=max(size(*found.group(1, 2)), arguments),
+               xla_usable_hbm=size(*found.group(3, 4)))
+    return out
+  return None
+
+
+def argument_bytes(tree: Any) -> int:
+  """Bytes per device of ShapeDtypeStructs with NamedShardings (the largest shard)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _memory(stats: Any) -> dict[str, Any]:
+  parts = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
+           "alias": stats.alias_size_in_bytes, "temporary": stats.temp_size_in_bytes,
+           "generated_code": stats.generated_code_size_in_bytes}
+  parts = {k: int(v) for k, v in parts.items()}
+  total = (parts["argument"] + parts["output"] - parts["alias"] + parts["temporary"]
+           + parts["generated_code"])
+  out = dict(parts, source="memory_analysis", total=total)
+  peak = getattr(stats, "peak_memory_in_bytes", None)
+  if peak:
+    out["xla_peak"] = int(peak)
+  return out
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  keep = ("flops", "bytes accessed", "transcendentals", "optimal_seconds")
+  return {k.replace(" ", "_"): float(analysis[k]) for k in keep if k in (analysis or {})}
+
+
+def suggestions(report: dict[str, Any]) -> list[str]:
+  """What would make a config fit, computed from the report's memory figures."""
+  mem, hbm = report["memory_per_chip"], report["topology"]["hbm_bytes"]
+  mesh, chips = report["mesh"], report["topology"]["chips"]
+  budget = 0.9 * hbm  # leave room for XLA's reserved HBM and fragmentation
+  total = mem["total"]
+  args = mem.get("argument") or 0
+  temp = mem.get("temporary")
+  if temp is None:  # from an OOM message: the program part holds temporaries and code
+    temp = max(total - args, 0)
+  out = []
+  dec_remat, vis_remat = report["remat"]["decoder"], report["remat"]["vision"]
+  if temp >= args:
+    if dec_remat != "full" or vis_remat != "full":
+      out.append("temporary bytes dominate: rematerialise activations "
+                 "(--config.model.decoder.remat=full --config.model.vision.remat=full)")
+    rows = report["batch"]["global_batch_size"]
+    shards = mesh["data"] * mesh["fsdp"]
+    for accum in (2, 4, 8, 16, 32, 64):
+      if rows % (accum * shards) == 0 and args + temp / accum <= budget:
+        out.append(f"temporary bytes dominate: accumulate gradients over {accum} micro-batches "
+                   f"(--config.optim.accum_steps={accum}; same global batch, about "
+                   f"{_gib(args + temp / accum)} per chip if temporaries scale with rows)")
+        break
+  else:
+    if mesh["data"] > 1 or mesh["tensor"] > 1:
+      out.append(f"arguments (parameters + optimizer state) dominate: shard them over every "
+                 f"chip (--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=1; "
+                 f"now data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']})")
+  need = total / budget
+  if need > 1:
+    more = 2 ** math.ceil(math.log2(need)) * chips
+    out.append(f"more chips: about {more} ({report['topology']['generation']}, total "
+               f"{_gib(total)} vs {_gib(budget)} usable per chip, assuming bytes per chip "
+               f"fall as 1/chips at the same global batch)")
+  return out
+
+
+def _gib(n: float) -> str:
+  return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
+
+
+def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) -> dict[str, Any]:
+  """AOT-compiles the train step of `config` for `topology`; returns the report dict."""
+  topo = parse_topology(topology) if isinstance(topology, str) else topology
+  config = ml_collections.ConfigDict(config.to_dict())  # own copy; unlocked
+  if topo.num_slices > 1 and int(config.mesh.get("dcn_data", 1)) == 1:
+    config.mesh.dcn_data = topo.num_slices
+  devices = topology_devices(topo)
+  device_kind = devices[0].device_kind
+  mesh = sharding.make_mesh(config.mesh, devices)
+  run = step_lib.setup(config, mesh)
+  batch = abstract_batch(config)
+  batch_sh = step_lib.batch_shardings(mesh, batch)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k]) for k, v in batch.items()}
+
+  params = {"trainable": _count(run.abstract_state.params),
+            "frozen": _count(run.abstract_state.frozen)}
+  params["total"] = params["trainable"] + params["frozen"]
+  vision_layers = trainable_vision_layers(run.abstract_state.params, config.model.vision.depth)
+  analytic = flops_lib.step_flops(config, trainable_vision_layers=vision_layers)
+  peak = flops_lib.peak_flops(device_kind)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  report: dict[str, Any] = {
+      "config": None, "overrides": [],
+      "topology": dict(dataclasses.asdict(topo), chips=topo.chips, device_kind=device_kind,
+                       peak_flops_per_chip=peak),
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "batch": {"global_batch_size": config.data.global_batch_size,
+                "seq_len": config.data.seq_len,
+                "max_images_per_row": config.data.max_images_per_row,
+                "rows_per_chip": config.data.global_batch_size / topo.chips,
+                "rows_per_data_shard": config.data.global_batch_size // shards,
+                "accum_steps": int(config.optim.accum_steps)},
+      "remat": {"decoder": config.model.decoder.remat, "vision": config.model.vision.remat},
+      "params": params,
+      "analytic_flops": dict(analytic, trainable_vision_layers=vision_layers,
+                             per_chip=analytic["total"] / topo.chips),
+  }
+
+  train_step = step_lib.jit_train_step(config, run, mesh, batch)
+  start = time.perf_counter()
+  lowered = train_step.lower(run.abstract_state, batch)
+  lowered_at = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+    error = None
+  except Exception as e:  # pylint: disable=broad-except
+    compiled, error = None, e
+    if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+      raise
+  done = time.perf_counter()
+  report["compile_seconds"] = {"lower": round(lowered_at - start, 2),
+                               "compile": round(done - lowered_at, 2)}
+
+  if compiled is not None:
+    memory = _memory(compiled.memory_analysis())
+    memory["argument_from_shardings"] = argument_bytes((run.abstract_state, batch))
+    cost = _cost(compiled)
+  else:
+    memory = _oom_memory(str(error), argument_bytes((run.abstract_state, batch)))
+    if memory is None:
+      raise error
+    cost = {}
+  memory["hbm"] = topo.hbm_bytes
+  memory["fits"] = bool(compiled is not None and memory["total"] <= topo.hbm_bytes)
+  memory["headroom"] = topo.hbm_bytes - memory["total"]
+  report["memory_per_chip"] = memory
+  report["fits"] = memory["fits"]
+  report["xla_cost_per_chip"] = dict(cost, scope=(
+      "per chip: cost_analysis of the SPMD-partitioned program (one device's partition)"))
+  report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None))
+  report["suggestions"] = [] if report["fits"] else suggestions(report)
+  return report
+
+
+def _step_time(cost: dict[str, float], peak: float | None, model_flops: float, chips: int,
+               compiled: bool) -> dict[str, Any]:
+  if not compiled:
+    return {"step_seconds": None, "step_seconds_source": None, "mfu": None,
+            "mfu_reason": "the program does not fit in HBM, so XLA gives no cost analysis"}
+  if cost.get("optimal_seconds", 0) > 0:
+    seconds = cost["optimal_seconds"]
+    source = "xla: cost_analysis optimal_seconds (XLA:TPU cost model of one chip's program)"
+  elif cost.get("flops", 0) > 0 and peak:
+    seconds = cost["flops"] / (peak * ASSUMED_EFFICIENCY)
+    source = f"derived: XLA flops per chip / (peak * assumed efficiency {ASSUMED_EFFICIENCY})"
+  else:
+    return {"step_seconds": None, "step_seconds_source": None, "mfu": None,
+            "mfu_reason": "no step-time estimate (XLA reported neither optimal_seconds nor flops)"}
+  out = {"step_seconds": seconds, "step_seconds_source": source}
+  mfu = model_flops / (seconds * peak * chips) if peak else None
+  out["mfu"] = mfu
+  out["mfu_reason"] = None if mfu is not None else "unknown peak FLOP/s for this device kind"
+  if peak and cost.get("flops"):
+    out["xla_flops_seconds_at_peak"] = cost["flops"] / peak
+  return out
+
+
+def format_table(report: dict[str, Any]) -> str:
+  """A readable summary of a report."""
+  topo, mem, mesh = report["topology"], report["memory_per_chip"], report["mesh"]
+  cost = report["xla_cost_per_chip"]
+  g = lambda n: "-" if n is None else _gib(n)
+  rows = [
+      ("config", f"{report['config']} {' '.join(report['overrides'])}".strip()),
+      ("topology", f"{topo['name']} = {topo['topology_name']} x{topo['num_slices']} slice(s), "
+                   f"{topo['chips']} chips ({topo['device_kind']}, {_gib(topo['hbm_bytes'])} HBM)"),
+      ("mesh", f"data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']}"),
+      ("batch", f"{report['batch']['global_batch_size']} x {report['batch']['seq_len']} tokens, "
+                f"{report['batch']['rows_per_chip']:g} rows per chip, "
+                f"accum_steps {report['batch']['accum_steps']}"),
+      ("params", f"{report['params']['total'] / 1e9:.3f}B "
+                 f"({report['params']['trainable'] / 1e9:.3f}B trainable)"),
+      ("memory per chip", f"argument {g(mem.get('argument'))}, output {g(mem.get('output'))}, "
+                          f"alias {g(mem.get('alias'))}, temporary {g(mem.get('temporary'))}, "
+                          f"code {g(mem.get('generated_code'))}"),
+      ("total / HBM", f"{'>= ' if mem.get('total_is_lower_bound') else ''}{g(mem['total'])} / "
+                      f"{g(mem['hbm'])} -> "
+                      f"{'FITS' if report['fits'] else 'DOES NOT FIT'} ({mem['source']})"),
+  ]
+  if cost.get("flops") is not None:
+    rows.append(("XLA FLOPs per chip", f"{cost['flops']:.4g}"))
+  rows.append(("analytic FLOPs", f"{report['analytic_flops']['total']:.4g} per step, "
+                                 f"{report['analytic_flops']['per_chip']:.4g} per chip"))
+  if report.get("step_seconds") is not None:
+    rows.append(("step time", f"{report['step_seconds']:.4g} s [{report['step_seconds_source']}]"))
+  mfu = report.get("mfu")
+  rows.append(("predicted MFU", f"{mfu:.1%}" if mfu is not None else f"- ({report['mfu_reason']})"))
+  rows.append(("compile", f"lower {report['compile_seconds']['lower']} s, "
+                          f"compile {report['compile_seconds']['compile']} s"))
+  for s in report["suggestions"]:
+    rows.append(("suggestion", s))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _parse_value(text: str, current: Any) -> Any:
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"expected true/false, got {text!r}")
+    return text.lower() in ("true", "1")
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ValueError(f"cannot parse {text!r} as {type(current).__name__}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """`--config.a.b=v` flags (as kosmos-train takes them) applied in place, type-checked."""
+  for flag in overrides:
+    match = re.fullmatch(r"--config\.([\w.]+)=(.*)", flag, re.S)
+    if not match:
+      raise ValueError(f"unrecognised argument {flag!r}; overrides look like --config.a.b=value")
+    path, text = match.groups()
+    node = config
+    keys = path.split(".")
+    for key in keys[:-1]:
+      if key not in node:
+        raise ValueError(f"--config.{path}: no section {key!r}; valid: {sorted(node.keys())}")
+      node = node[key]
+    if keys[-1] not in node:
+      raise ValueError(f"--config.{path}: no field {keys[-1]!r}; valid: {sorted(node.keys())}")
+    node[keys[-1]] = _parse_value(text, node[keys[-1]])
+
+
+def _versions() -> dict[str, str]:
+  out = {"jax": jax.__version__}
+  try:
+    out["libtpu"] = importlib.metadata.version("libtpu")
+  except importlib.metadata.PackageNotFoundError:
+    out["libtpu"] = "not installed"
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="kosmos-compile", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/X.py[:arg]")
+  parser.add_argument("--topology", required=True, help="e.g. v4-8, v5p-256, v5e-256, 2xv5p-256")
+  parser.add_argument("--out", help="write the report as JSON here")
+  args, rest = parser.parse_known_args(argv)
+  try:
+    topo = parse_topology(args.topology)
+    config = configs.load(args.config)
+    apply_overrides(config, rest)
+  except (TopologyError, ValueError, FileNotFoundError, TypeError) as e:
+    parser.error(str(e))
+  report = compile_report(config, topo)
+  report["config"], report["overrides"] = args.config, list(rest)
+  report["host"] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no TPU (AOT compile)",
+                    "date": datetime.date.today().isoformat(), **_versions()}
+  print(format_table(report))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
