@@ -1,6 +1,6 @@
 """KOSMOS-2 layout (Peng et al. 2023), weight-compatible with transformers' Kosmos-2.
 
-    kosmos-import --format hf --src DIR/kosmos-2-patch14-224 --out /tmp/k2   # once interop lands
+    kosmos-import --format hf --src DIR/kosmos-2-patch14-224 --out /tmp/k2
     python -m kosmos.model.summary --config configs/kosmos2.py
 
 Same sizes as KOSMOS-1 in the exact Kosmos-2 layout: sinusoidal positions offset by

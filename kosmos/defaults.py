@@ -89,6 +89,7 @@ def train() -> ml_collections.ConfigDict:
       steps=1000, log_every=10, checkpoint_every=500, keep=3, keep_every=0,
       eval_every=0, nan_policy="stop",  # stop | skip
       max_consecutive_skips=20,  # with nan_policy="skip": more in a row stop the run
+      signal_check_every=10,  # steps between multi-host agreements on SIGTERM/SIGINT
       init_from="",  # params-only checkpoint or imported workdir
       init_patterns=(".*",),
   ))

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -37,16 +38,28 @@ def _to_builtin(value: Any) -> Any:
   return value
 
 
+def _path(directory: str) -> epath.Path:
+  """Local paths and object-store URIs (gs://...) alike."""
+  return epath.Path(directory)
+
+
+def is_remote(directory: str) -> bool:
+  return "://" in str(directory)
+
+
 def save_config(config: ml_collections.ConfigDict, directory: str) -> str:
   """Writes DIR/config.json (process 0 only in multi-host runs)."""
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, CONFIG)
+  path = _path(directory) / CONFIG
   if jax.process_index() == 0:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(_to_builtin(config), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-  return path
+    _path(directory).mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_to_builtin(config), indent=1, sort_keys=True)
+    if is_remote(directory):  # object stores write whole objects atomically
+      path.write_text(text)
+    else:
+      tmp = path.with_name(CONFIG + ".tmp")
+      tmp.write_text(text)
+      os.replace(tmp, path)
+  return str(path)
 
 
 def _tuples(value: Any) -> Any:
@@ -59,22 +72,23 @@ def _tuples(value: Any) -> Any:
 
 def load_config(directory: str) -> ml_collections.ConfigDict:
   """Reads DIR/config.json back (JSON lists become tuples, as the config files write them)."""
-  path = os.path.join(directory, CONFIG)
-  if not os.path.exists(path):
+  path = _path(directory) / CONFIG
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: {directory!r} is not a kosmos workdir "
                             "(made by kosmos-train or kosmos-import)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
 
 
 def checkpoint_dir(directory: str) -> str:
+  if is_remote(directory):
+    return str(directory).rstrip("/") + "/" + CHECKPOINTS
   return os.path.join(os.path.abspath(directory), CHECKPOINTS)
 
 
 def latest_step(directory: str) -> int | None:
   """The newest complete checkpoint step in DIR/checkpoints, or None."""
   path = checkpoint_dir(directory)
-  if not os.path.isdir(path):
+  if not _path(path).exists():
     return None
   steps = ocp.utils.checkpoint_steps(path) if hasattr(ocp, "utils") else []
   return max(steps) if steps else None

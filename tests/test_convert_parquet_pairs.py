@@ -10,10 +10,7 @@ from PIL import Image
 
 from kosmos.data import records
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("prepare", os.path.join(ROOT, "data", "prepare.py"))
-prepare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare)
+from prepare_module import ROOT, prepare
 
 
 def _image(i, fmt="JPEG"):

@@ -12,10 +12,7 @@ from kosmos.data import records
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("prepare", os.path.join(ROOT, "data", "prepare.py"))
-prepare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare)
+from prepare_module import ROOT, prepare
 NAME = "kosmos_convert_test_caps"
 
 

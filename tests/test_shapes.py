@@ -447,10 +447,7 @@ def test_bad_flags_are_named(tmp_path, flags, message):
 
 
 def test_cli_through_prepare(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location("prepare", os.path.join(REPO, "data",
-                                                                       "prepare.py"))
-  prepare = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(prepare)
+  from prepare_module import prepare  # pylint: disable=import-outside-toplevel
   argv = ["shapes", "--output", str(tmp_path), "--workers", "1", "--seed", "3"]
   for key, value in SMALL.items():
     argv += ["--" + key.replace("_", "-"), str(value)]

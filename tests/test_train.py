@@ -121,3 +121,20 @@ def test_nan_policy_stop_keeps_last_good_checkpoint(data_root, tmp_path):
   config.train.update(nan_policy="skip", max_consecutive_skips=3)
   with pytest.raises(trainer.NonFiniteError, match="4 consecutive non-finite steps at step 1"):
     trainer.train_and_evaluate(config, str(tmp_path / "skip"))
+
+
+def test_init_from_loads_matching_paths_only(data_root, tmp_path):
+  from kosmos import workdir
+  source = train_fixture.config(data_root, steps=2, checkpoint_every=2)
+  source.seed = 7
+  trainer.train_and_evaluate(source, str(tmp_path / "source"))
+  _, saved = workdir.restore_params(str(tmp_path / "source"))
+  config = train_fixture.config(data_root, steps=0, init_from=str(tmp_path / "source"),
+                                init_patterns=(r"^decoder\.",))
+  state = jax.device_get(trainer.train_and_evaluate(config, str(tmp_path / "run"))["state"])
+  np.testing.assert_array_equal(state.params["decoder"]["norm"]["scale"],
+                                saved["decoder"]["norm"]["scale"])
+  np.testing.assert_array_equal(state.params["decoder"]["embed_tokens"]["embedding"],
+                                saved["decoder"]["embed_tokens"]["embedding"])
+  # Not matched: the vision tower keeps its fresh (seed 0) values.
+  assert not np.array_equal(state.params["vision"]["pos_embed"], saved["vision"]["pos_embed"])

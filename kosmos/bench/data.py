@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from kosmos import configs
 from kosmos import defaults
 from kosmos.data import images as images_lib
 from kosmos.data import pipeline, records
@@ -151,17 +152,6 @@ def pipeline_rate(data: ml_collections.ConfigDict, tokenizer: ml_collections.Con
                           "interleaved": round(float(share[2]), 4)}}
 
 
-def _load_config(spec: str) -> ml_collections.ConfigDict:
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  del config_flags
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m kosmos.bench.data", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="JSON file to write")
   args = parser.parse_args(argv)
 
-  config = _load_config(args.config) if args.config else defaults.base()
+  config = configs.load(args.config) if args.config else defaults.base()
   data, tokenizer = config.data, config.tokenizer
   image_size, tokens_per_image = args.image_size, args.tokens_per_image
   if "model" in config and not (image_size and tokens_per_image):

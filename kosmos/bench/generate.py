@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -31,20 +30,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from kosmos import configs
 from kosmos.infer import cache as cache_lib
 from kosmos.infer import generate as generate_lib
 from kosmos.model import multimodal
-
-
-def load_config(spec: str):
-  """`path/to/config.py[:arg]` -> its get_config(arg)."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  if module_spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"--config {path!r} is not a config file")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def _prefill(model, batch, *, options):
@@ -129,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", required=True, help="JSON file to write")
   args = parser.parse_args(argv)
-  config = load_config(args.config)
+  config = configs.load(args.config)
   result = run(config, batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
                prompt_len=args.prompt_len, new_tokens=args.new_tokens, num_images=args.images,
                repeats=args.repeats)

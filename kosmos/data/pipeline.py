@@ -45,6 +45,7 @@ from typing import Any, Mapping
 
 from absl import flags
 import grain
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -187,7 +188,7 @@ def _validate(data: ml_collections.ConfigDict, image_size: int, tokens_per_image
       raise ValueError(f"config.data.sources.{name}.kind={source.kind!r}; valid: {records.KINDS}")
     if not source.weight > 0:
       raise ValueError(f"config.data.sources.{name}.weight={source.weight} must be > 0")
-    if not os.path.isdir(source.path):
+    if not epath.Path(source.path).is_dir():
       raise FileNotFoundError(f"config.data.sources.{name}.path={source.path!r} is not a directory")
   if tokens_per_image + 4 > data.seq_len:
     raise ValueError(f"seq_len={data.seq_len} cannot hold one image span of {tokens_per_image}"

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import msgpack
 from array_record.python import array_record_module
+from etils import epath
 
 KINDS = ("text", "pair", "interleaved")
 SEGMENT_KEYS = ("text", "image", "vector")
@@ -118,8 +119,7 @@ def read_shard(path: str) -> Iterator[dict[str, Any]]:
 
 def shard_paths(directory: str) -> list[str]:
   """The shard files of a record directory, sorted; raises if there are none."""
-  paths = sorted(
-      os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(SUFFIX))
+  paths = sorted(str(p) for p in epath.Path(directory).glob("*" + SUFFIX))
   if not paths:
     raise FileNotFoundError(f"no *{SUFFIX} shards in {directory!r}")
   return paths

@@ -4,8 +4,10 @@
 disjoint slices; process p of P reads shards [p*k, (p+1)*k), k = num_shards / P, and
 concatenates their per-shard batches along the batch dim. The global batch is then the
 same for any process count that divides num_shards: a 2-process run and a 1-process run
-with num_shards=2 see identical batches (launch/local.sh rehearsals rely on it), and a
-run can move to a different number of hosts without changing its data order.
+with num_shards=2 see identical batches (launch/local.sh rehearsals rely on it).
+
+Iterator states are checkpointed per process (Grain's handler), so a run resumes on the
+same number of processes; a fresh run on another host count keeps the data order.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ class _ConcatIterator(grain.DatasetIterator):
     return {"shards": [p.get_state() for p in self._parents]}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    for parent, parent_state in zip(self._parents, state["shards"], strict=True):
+    if len(state["shards"]) != len(self._parents):
+      raise ValueError(
+          f"the checkpointed data iterator holds {len(state['shards'])} shard states, this process "
+          f"reads {len(self._parents)} shards: resume with the process count that saved it")
+    for parent, parent_state in zip(self._parents, state["shards"]):
       parent.set_state(parent_state)
 
 

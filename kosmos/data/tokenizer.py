@@ -61,18 +61,32 @@ class Tokenizer(Protocol):
   def decode(self, ids: Iterable[int]) -> str: ...
 
 
+# Specials a tokenizer may lack (-1): a model with no vector inputs has no vector slot.
+OPTIONAL_FIELDS = ("vector_slot_id",)
+# Llama-family vocabularies have no pad piece; their pad may share the unk id.
+MAY_SHARE = frozenset({frozenset({"pad_id", "unk_id"})})
+
+
 class _Specials:
-  """Holds the special ids from a `config.tokenizer` section and checks they are distinct."""
+  """Holds the special ids from a `config.tokenizer` section and checks they are distinct.
+
+  -1 marks an absent optional special (`OPTIONAL_FIELDS`); pad may equal unk.
+  """
 
   def _set_specials(self, config: ml_collections.ConfigDict) -> None:
     ids = {field: int(config[field]) for field in SPECIAL_FIELDS}
-    if len(set(ids.values())) != len(ids):
-      raise ValueError(f"config.tokenizer special ids must be distinct, got {ids}")
     for field, value in ids.items():
-      if value < 0:
-        raise ValueError(f"config.tokenizer.{field}={value} must be >= 0")
+      if value < 0 and not (value == -1 and field in OPTIONAL_FIELDS):
+        raise ValueError(f"config.tokenizer.{field}={value} must be >= 0"
+                         + (" (or -1 = absent)" if field in OPTIONAL_FIELDS else ""))
       setattr(self, field, value)
-    self.special_ids = frozenset(ids.values())
+    present = {f: v for f, v in ids.items() if v >= 0}
+    for a in present:
+      for b in present:
+        if a < b and present[a] == present[b] and frozenset({a, b}) not in MAY_SHARE:
+          raise ValueError(f"config.tokenizer special ids must be distinct, got {a}={present[a]} "
+                           f"and {b}={present[b]} (all: {ids})")
+    self.special_ids = frozenset(present.values())
 
 
 class ByteTokenizer(_Specials):

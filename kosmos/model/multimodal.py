@@ -132,7 +132,6 @@ def create_sharded(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding.param_shardings(abstract_state, mesh, rules)
 
-  @jax.jit
   def init():
     return nnx.state(Multimodal(config, rngs=nnx.Rngs(seed)))
 

@@ -12,13 +12,14 @@ Retention: the last `train.keep` plus every `train.keep_every`-th step.
 
 from __future__ import annotations
 
-import os
+import logging
 from typing import Any
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from kosmos import workdir as workdir_lib
 from kosmos.train import step as step_lib
@@ -105,9 +106,14 @@ def load_init(init_from: str, patterns: tuple[str, ...], abstract: step_lib.Trai
   """
   import re  # pylint: disable=g-import-not-at-top
   from kosmos.train import freeze  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(init_from):
+  if not epath.Path(init_from).exists():
     raise FileNotFoundError(f"train.init_from={init_from!r} is not a directory (a kosmos workdir)")
-  _, source = workdir_lib.restore_params(init_from)
+  try:  # same parameter tree: restore straight into the mesh layout, no host copy
+    _, source = workdir_lib.restore_params(init_from, target=_merge(abstract.params, abstract.frozen))
+  except (ValueError, KeyError, TypeError) as e:  # a different tree (partial init): via host
+    logging.info("init_from %s: tree differs from the model (%s); restoring on the host",
+                 init_from, str(e)[:200])
+    _, source = workdir_lib.restore_params(init_from)
   compiled = [re.compile(p) for p in patterns]
   loaded: list[str] = []
 
@@ -120,6 +126,8 @@ def load_init(init_from: str, patterns: tuple[str, ...], abstract: step_lib.Trai
       raise ValueError(f"init_from {init_from}: {name} has shape {tuple(value.shape)}, "
                        f"the model expects {tuple(target.shape)}")
     loaded.append(name)
+    if isinstance(value, jax.Array) and value.sharding == target.sharding and value.dtype == target.dtype:
+      return value
     return jax.device_put(value.astype(target.dtype), target.sharding)
 
   params = jax.tree_util.tree_map_with_path(pick, state.params, abstract.params)

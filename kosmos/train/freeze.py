@@ -2,7 +2,8 @@
 
 A path is the module path joined by dots, e.g. `vision.blocks.23.attn.q_proj.kernel`.
 A parameter trains when it matches one of `optim.trainable` and none of `optim.frozen`.
-KOSMOS-1 freezes the ViT except its last block:  frozen=(r"^vision\\.(?!blocks\\.23\\.)",).
+KOSMOS-1 freezes the ViT except its last block (and the final norm):
+    frozen=(r"^vision\\.(?!blocks\\.23\\.|post_norm)",).
 MiniGPT-4 / BLIP-2 train only the connector:     trainable=(r"^connector\\.",).
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-import jax
-import numpy as np
 from flax import nnx
 
 
@@ -40,14 +39,3 @@ class Trainable:
 
 def from_config(optim_config) -> Trainable:
   return Trainable(tuple(optim_config.trainable), tuple(optim_config.frozen))
-
-
-def split_counts(model: nnx.Module, trainable: Trainable) -> dict[str, int]:
-  """{"trainable": n, "frozen": n} parameter counts."""
-
-
-  train_state = nnx.state(model, trainable)
-  all_params = nnx.state(model, nnx.Param)
-  n_train = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(train_state))
-  n_all = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(all_params))
-  return {"trainable": n_train, "frozen": n_all - n_train}

@@ -67,6 +67,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   multimodal.check_config(config.model)
   sharding.check_model(config.model, mesh)
   sharding.check_batch(config.data.global_batch_size, mesh)
+  check_config(config, mesh)
   trainable = freeze.from_config(config.optim)
   tx = optimizer_lib.make(config.optim, config.train.steps)
   rules = config.sharding_rules
@@ -88,6 +89,24 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                           abstract, state_sh)
   return Setup(graphdef=graphdef, tx=tx, state_shardings=state_sh, abstract_state=abstract,
                trainable=trainable)
+
+
+def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Training-config errors that would otherwise surface inside jit or silently."""
+  accum, batch = int(config.optim.accum_steps), config.data.global_batch_size
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if accum < 1 or batch % accum or (batch // accum) % shards:
+    raise ValueError(
+        f"optim.accum_steps={accum}: the global batch {batch} must split into {accum} "
+        f"micro-batches that each divide over data*fsdp={shards} devices")
+  for field in ("image_slot_id", "vector_slot_id"):
+    model_id, tok_id = config.model[field], config.tokenizer[field]
+    if model_id != tok_id and not (field == "vector_slot_id" and not config.model.get("vector_dim")):
+      raise ValueError(f"config.model.{field}={model_id} differs from config.tokenizer.{field}="
+                       f"{tok_id}: the model would never see the pipeline's slots")
+  if config.optim.lora.rank:
+    raise NotImplementedError(f"optim.lora.rank={config.optim.lora.rank}: LoRA adapters are not "
+                              "implemented yet; set it to 0")
 
 
 def _like_params(opt_tree, params, params_sh, replicated):
@@ -152,9 +171,13 @@ def make_train_step(config: ml_collections.ConfigDict, run: Setup) -> Callable:
     if accum == 1:
       grads, terms = micro_grads(state.params, state.frozen, batch)
     else:
-      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+      # Row r goes to micro-batch r % accum, so every micro-batch spans all the data
+      # shards (rows are sharded in contiguous blocks over (data, fsdp)).
+      micro = jax.tree.map(
+          lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
 
       def body(carry, mb):
+        mb = {k: sharding.constrain(v, ("batch",) + (None,) * (v.ndim - 1)) for k, v in mb.items()}
         g, t = micro_grads(state.params, state.frozen, mb)
         return jax.tree.map(jnp.add, carry, (g, t)), None
 

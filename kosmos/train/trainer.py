@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
@@ -118,8 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   hooks: called as hook(step, state) after every step (evaluation, tests).
   """
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config.data.global_batch_size, mesh)
   run = step_lib.setup(config, mesh)
+  if config.train.eval_every:
+    raise NotImplementedError("train.eval_every: evaluation during training is not wired yet; "
+                              "run kosmos-eval on the workdir's checkpoints (set it to 0)")
   is_main = jax.process_index() == 0
   workdir_lib.save_config(config, workdir)
   startup.summarize_and_check(config, mesh, workdir)
@@ -140,9 +143,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_totals: dict[str, int] = dict(meta.get("data_totals", {}))
   tokens_seen = int(meta.get("tokens_seen", 0))
 
-  os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
-  writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "metrics"), just_logging=not is_main)
+  metrics_dir = os.path.join(workdir, "metrics")
+  if is_main:
+    epath.Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+  # train_log.jsonl is appended to, which object stores cannot do: local workdirs only.
+  jsonl = os.path.join(metrics_dir, "train_log.jsonl") if is_main and not workdir_lib.is_remote(workdir) else None
+  writer = metric_writers.create_default_writer(metrics_dir, just_logging=not is_main)
   if is_main and int(state.step) == 0:
     parameter_overview.log_parameter_overview(state.params, msg="trainable parameters")
   total_steps = config.train.steps
@@ -178,7 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         hook(step, state)
       at_log = step % config.train.log_every == 0 or step == total_steps
       at_ckpt = step % config.train.checkpoint_every == 0 or step == total_steps
-      stopping = stop.agreed()
+      # Agreeing on a signal is a host sync on multi-host runs: do it every few steps.
+      stopping = (jax.process_count() == 1 or step % config.train.signal_check_every == 0
+                  or at_log or at_ckpt) and stop.agreed()
       if at_log or at_ckpt or stopping:
         summary = _mean_metrics(history)
         bad = int(summary["nonfinite_steps"])
@@ -211,12 +219,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         data_scalars = {f"data/{k}": v for k, v in data_totals.items() if v or k.endswith("/records")}
         writer.write_scalars(step, summary)
         writer.write_scalars(step, data_scalars)
-        if is_main:
-          with open(os.path.join(workdir, "metrics", "train_log.jsonl"), "a") as f:
+        if jsonl:
+          with open(jsonl, "a") as f:
             f.write(json.dumps(dict(summary, **data_scalars, step=step)) + "\n")
         losses.append(summary["loss"])
         history, images_since, last_log = [], 0, time.time()
-      if at_ckpt or stopping:
+      if (at_ckpt or stopping) and step != checkpointer.latest_step():
         checkpointer.save(state, data_iter, {"tokens_seen": tokens_seen, "data_totals": data_totals},
                           force=stopping)
       if stopping:
