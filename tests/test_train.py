@@ -138,3 +138,12 @@ def test_init_from_loads_matching_paths_only(data_root, tmp_path):
                                 saved["decoder"]["embed_tokens"]["embedding"])
   # Not matched: the vision tower keeps its fresh (seed 0) values.
   assert not np.array_equal(state.params["vision"]["pos_embed"], saved["vision"]["pos_embed"])
+
+
+def test_resuming_with_a_different_model_fails_clearly(data_root, tmp_path):
+  config = train_fixture.config(data_root, steps=2, checkpoint_every=2)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  config.model.decoder.num_layers = 3
+  config.train.steps = 4
+  with pytest.raises(ValueError, match=r"model.decoder.num_layers: saved 2, now 3"):
+    trainer.train_and_evaluate(config, str(tmp_path))

@@ -112,6 +112,34 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   return out
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(d, ml_collections.ConfigDict):
+    d = d.to_dict()
+  if not isinstance(d, dict):
+    return {prefix[:-1]: tuple(d) if isinstance(d, list) else d}
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}."))
+  return out
+
+
+def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints resumes only a config with the same model and tokenizer."""
+  if workdir_lib.latest_step(workdir) is None:
+    return
+  try:
+    saved = workdir_lib.load_config(workdir)
+  except FileNotFoundError:
+    return
+  old = {k: v for k, v in _flat(saved).items() if k.startswith(("model.", "tokenizer."))}
+  new = {k: v for k, v in _flat(config).items() if k.startswith(("model.", "tokenizer."))}
+  diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  if diff:
+    raise ValueError(f"{workdir} holds checkpoints of a different model: "
+                     + "; ".join(f"{k}: saved {old.get(k)!r}, now {new.get(k)!r}" for k in diff[:10])
+                     + ". Use a new --workdir, or the saved config.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: list[Callable[[int, Any], None]] | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns a summary.
@@ -124,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise NotImplementedError("train.eval_every: evaluation during training is not wired yet; "
                               "run kosmos-eval on the workdir's checkpoints (set it to 0)")
   is_main = jax.process_index() == 0
+  _check_resume_config(config, workdir)
   workdir_lib.save_config(config, workdir)
   startup.summarize_and_check(config, mesh, workdir)
 
