@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--length-penalty", type=float, default=0.0)
   parser.add_argument("--task-option", action="append", default=[], metavar="KEY=JSON",
                       help="loader option, e.g. json_path=\"/x/dataset_coco.json\"")
+  parser.add_argument("--blank-images", action="store_true",
+                      help="image ablation: show every image as uniform gray (same prompts)")
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument("--out", required=True, help="results JSON file")
   return parser
@@ -104,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                            rices=args.rices, num_queries=args.num_queries, seed=args.seed,
                            settings=settings, mesh=mesh, task_options=_task_options(args.task_option),
                            rices_cache_dir=os.path.join(args.workdir, "eval", "rices_cache"),
-                           show_progress=not args.no_progress)
+                           show_progress=not args.no_progress, blank_images=args.blank_images)
   result.update(step=step, workdir=os.path.abspath(args.workdir), data=os.path.abspath(args.data),
                 command="kosmos-eval " + " ".join(argv if argv is not None else sys.argv[1:]))
   runner.write_results(result, args.out)
-  runner.write_results(result, os.path.join(args.workdir, "eval", str(step), f"{result['task']}.json"))
+  name = result["task"] + ("_blank" if args.blank_images else "")
+  runner.write_results(result, os.path.join(args.workdir, "eval", str(step), f"{name}.json"))
   if jax.process_index() == 0:
     print(runner.format_table(result))
   return 0

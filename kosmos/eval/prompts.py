@@ -18,7 +18,8 @@ query image, and the query prompt.
 KOSMOS-1-style defaults (`TEMPLATES`): captioning "An image of" -> " {caption}"; VQA
 "Question: {question} Answer:" -> " {answer}"; classification "This is an image of" ->
 " {answer}"; HatefulMemes as Flamingo (meme text in the prompt, yes/no target); Rendered
-SST-2 as a sentiment question; text multiple choice "{question}\\nAnswer:".
+SST-2 as a sentiment question; text multiple choice "{question}\\nAnswer:"; fast
+binding (Frozen) "This is a" -> " {answer}" with "." after each support item.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ TEMPLATES: dict[str, Template] = {
         prompt='is an image with written: "{text}" on it. Is it hateful? Answer:'),
     "rendered_sst2": Template(prompt="Question: what is the sentiment of the opinion? Answer:"),
     "multiple_choice": Template(prompt="{question}\nAnswer:", separator="\n\n"),
+    "binding": Template(prompt="This is a", separator="."),
 }
 
 

@@ -126,17 +126,32 @@ def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -
                        [p["label"] for p in predictions], **task.metric_options)
 
 
+BLANK_GRAY = 128  # uint8 value of every pixel of a blanked image
+
+
+def blank(prompt: prompts_lib.Prompt, image_size: int) -> prompts_lib.Prompt:
+  """`prompt` with each image replaced by a uniform gray [S, S, 3] image (image ablation:
+  same text, same number of image tokens, no visual information)."""
+  gray = np.full((image_size, image_size, 3), BLANK_GRAY, np.uint8)
+  segments = [{"image": gray} if "image" in s else s for s in prompt.segments]
+  return dataclasses.replace(prompt, segments=segments)
+
+
 def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence,
               demos: Sequence[Sequence], *, text_only: bool, settings: Settings,
               progress: Callable[[int], Any] | None = None,
-              fixed_shapes: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+              fixed_shapes: tuple[int, int] | None = None,
+              blank_images: bool = False) -> list[dict[str, Any]]:
   """Predictions for `queries` (this process's), each {"id", "prediction", "raw" |
-  "logprobs", "references" | "label"}; `demos[i]` are query i's demonstrations."""
-  template = prompts_lib.get_template(task.template)
+  "logprobs", "references" | "label"}; `demos[i]` are query i's demonstrations.
+  blank_images: every image (demonstrations' and query's) replaced by `BLANK_GRAY`."""
+  template = prompts_lib.get_template(task.template, task.template_overrides)
   classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
   built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
                                     else (), text_only_demos=text_only)
            for q, d in zip(queries, demos)]
+  if blank_images:
+    built = [blank(b, engine.image_size) for b in built]
   length, num_images = fixed_shapes or (0, -1)
   out = []
   if classify:
@@ -167,9 +182,12 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
              num_queries: int = 0, seed: int = 0, settings: Settings = Settings(),
              mesh: jax.sharding.Mesh | None = None, task_options: dict | None = None,
              rices_cache_dir: str | None = None, show_progress: bool = True,
-             engine: engine_lib.Engine | None = None) -> dict[str, Any]:
+             engine: engine_lib.Engine | None = None,
+             blank_images: bool = False) -> dict[str, Any]:
   """Evaluates one task at several shot counts (module docstring). Returns a results dict
-  with "rows" (one per shot count) and "predictions" {shots: [per-trial prediction lists]}."""
+  with "rows" (one per shot count) and "predictions" {shots: [per-trial prediction lists]}.
+  blank_images: the image ablation, every image shown as uniform gray (`blank`).
+  Tasks with their own demonstrations (`Task.demos_for`) run one trial per shot count."""
   if isinstance(task, str):
     task = tasks_lib.load_task(task, data_dir, **(task_options or {}))
   if trials < 1:
@@ -184,7 +202,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     new = max(settings.caption_tokens, settings.vqa_tokens)
     fixed = (engine.max_len - new, max(shots) + 1)
   rices_selector = None
-  if rices and any(s > 0 for s in shots):
+  if rices and task.demos_for is None and any(s > 0 for s in shots):
     cache = (demos_lib.embedding_cache_path(rices_cache_dir, task.name, "own_vision")
              if rices_cache_dir else None)
     rices_selector = demos_lib.Rices(task.train, vision_embed_fn(engine), cache_path=cache)
@@ -193,30 +211,37 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
   bar = _progress_bar(total, f"{task.name}", show_progress and jax.process_index() == 0)
   for shot in shots:
     k = demos_lib.effective_shots(shot)
-    shot_trials = 1 if rices_selector is not None and shot > 0 else trials
+    fixed_demos = task.demos_for is not None
+    shot_trials = 1 if fixed_demos or (rices_selector is not None and shot > 0) else trials
     values, shot_predictions = [], []
     for trial in range(shot_trials):
-      if rices_selector is not None and shot > 0:
+      if fixed_demos:
+        demos = [task.demos_for(q, k) for q in local]
+      elif rices_selector is not None and shot > 0:
         demos = rices_selector.select(local, k)
       else:
         random_demos = demos_lib.RandomDemos(task.train, seed=seed + trial)
         demos = [random_demos.select(q, k) for q in local]
       preds = run_trial(engine, task, local, demos, text_only=shot == 0, settings=settings,
-                        progress=bar.update if bar else None, fixed_shapes=fixed)
+                        progress=bar.update if bar else None, fixed_shapes=fixed,
+                        blank_images=blank_images)
       preds = _allgather_json(preds[:real])
       values.append(score_predictions(task, preds))
       shot_predictions.append(preds)
     mean, std = metrics.mean_std(values)
+    source = "task" if fixed_demos else "random"
     rows.append({"shots": shot, "metric": task.metric, "values": values, "mean": mean,
                  "std": std, "trials": shot_trials, "num_queries": len(queries),
                  "demos": "rices" if rices_selector is not None and shot > 0 else
-                 ("text_only_random" if shot == 0 else "random")})
+                 (f"text_only_{source}" if shot == 0 else source)})
     predictions[str(shot)] = shot_predictions
   if bar:
     bar.close()
   return {"task": task.name, "kind": task.kind, "metric": task.metric, "rows": rows,
           "predictions": predictions, "skipped": dict(task.skipped),
-          "settings": dataclasses.asdict(settings), "seed": seed}
+          "settings": dataclasses.asdict(settings), "seed": seed, "blank_images": blank_images,
+          "template": dataclasses.asdict(prompts_lib.get_template(task.template,
+                                                                  task.template_overrides))}
 
 
 def _progress_bar(total: int, desc: str, show: bool):

@@ -55,8 +55,9 @@ def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
 
 def default_banned_ids(tok: tokenizer_lib.Tokenizer) -> tuple[int, ...]:
   """Ids a text continuation never contains: pad, bos and the image/vector placeholders."""
-  return (tok.pad_id, tok.bos_id, tok.image_start_id, tok.image_end_id, tok.image_slot_id,
-          tok.vector_slot_id)
+  ids = (tok.pad_id, tok.bos_id, tok.image_start_id, tok.image_end_id, tok.image_slot_id,
+         tok.vector_slot_id)
+  return tuple(sorted({i for i in ids if 0 <= i < tok.vocab_size}))  # -1 = absent; slots may lie past the vocab
 
 
 class Engine:
@@ -188,16 +189,25 @@ class Engine:
             num_images: int = -1) -> list[list[tuple[float, float]]]:
     """(sum, mean) log-probability of each candidate continuation of each prompt.
 
-    A candidate is tokenized on its own (`encode(candidate)`, no bos/eos) and appended to the
-    prompt's tokens; include its leading space. Every (prompt, candidate) pair is a row.
+    A candidate is tokenized in context: the ids that `encode(last text + candidate)` adds
+    after `encode(last text)` when the prompt ends with text and that prefix tokenizes the
+    same (SentencePiece with a dummy prefix turns a lone " yes" into ["▁", "▁yes"], but
+    "Answer: yes" into [..., "▁yes"]); else `encode(candidate)` (no bos/eos). Include its
+    leading space. Every (prompt, candidate) pair is a row.
     """
     if len(prompts) != len(candidates):
       raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     rows, owners = [], []
     for p, (segments, cands) in enumerate(zip(prompts, candidates)):
       base = self.encode(segments)
+      last = segments[-1].get("text", "") if segments else ""
+      last_ids = self.tok.encode(last) if last else []
       for c, text in enumerate(cands):
         ids = self.tok.encode(text)
+        if last:
+          joined = self.tok.encode(last + text)
+          if joined[:len(last_ids)] == last_ids and len(joined) > len(last_ids):
+            ids = joined[len(last_ids):]
         if not ids:
           raise ValueError(f"prompt {p}: candidate {c} {text!r} has no tokens")
         rows.append(prompt_lib.Encoded(base.tokens + ids, base.images))

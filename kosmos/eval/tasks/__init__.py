@@ -17,6 +17,11 @@ pass loader options). Each loader module documents its file format.
     rendered_sst2   data_dir/{train,test}/{negative,positive}/*
     text_mc         train.jsonl, test.jsonl ({"question"|"context", "choices", "label"})
     tfds            any TFDS dataset: options of `tfds_task` (dataset=..., kind=..., keys)
+    binding         episodes.jsonl (fast-binding episodes, e.g. the shapes world's
+                    eval/binding/); each episode's support set is its demonstrations
+
+Every task also takes the options `prompt`, `target`, `separator`: strings replacing those
+of its prompt template (kosmos.eval.prompts), e.g. to match a model's training format.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from kosmos.eval.tasks.binding import binding_task
 from kosmos.eval.tasks.captioning import karpathy_task
 from kosmos.eval.tasks.classification import (
     hateful_memes_task, image_folder_task, multiple_choice_task)
@@ -34,7 +40,9 @@ from kosmos.eval.tasks.vqa import vqa_task
 
 __all__ = ["CAPTION", "CLASSIFICATION", "KINDS", "MULTIPLE_CHOICE", "VQA", "Example", "Task",
            "TASKS", "load_task", "sample_eval_set", "karpathy_task", "vqa_task",
-           "hateful_memes_task", "image_folder_task", "multiple_choice_task", "tfds_task"]
+           "hateful_memes_task", "image_folder_task", "multiple_choice_task", "tfds_task",
+           "binding_task", "TEMPLATE_OPTIONS"]
+TEMPLATE_OPTIONS = ("prompt", "target", "separator")
 
 
 def _coco_vqa(prefix: str, ann_prefix: str, name: str) -> Callable[..., Task]:
@@ -81,6 +89,8 @@ TASKS: dict[str, Callable[..., Task]] = {
         test_jsonl=os.path.join(d, "test.jsonl")), **o}),
     "tfds": lambda d, **o: tfds_task(o.pop("name", "tfds"), o.pop("dataset"),
                                      data_dir=d or None, **o),
+    "binding": lambda d, **o: binding_task(
+        o.pop("jsonl_path", os.path.join(d, "episodes.jsonl")), **o),
 }
 
 
@@ -89,4 +99,7 @@ def load_task(name: str, data_dir: str, **options: Any) -> Task:
   arguments (see the module docstring and each loader)."""
   if name not in TASKS:
     raise ValueError(f"unknown task {name!r}; valid: {sorted(TASKS)}")
-  return TASKS[name](data_dir, **options)
+  overrides = {k: options.pop(k) for k in TEMPLATE_OPTIONS if k in options}
+  task = TASKS[name](data_dir, **options)
+  task.template_overrides.update(overrides)
+  return task

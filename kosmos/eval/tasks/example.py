@@ -13,7 +13,10 @@ An `Example` is one query or demonstration:
 
 A `Task` bundles the demonstration pool (`train`), the evaluated split (`test`), the
 metric name (kosmos.eval.metrics) and its keyword options, the prompt template name (kosmos.eval.prompts), the
-class names for rank classification, and counts of skipped inputs by reason.
+class names for rank classification, and counts of skipped inputs by reason. Optional:
+`template_overrides` (prompt/target/separator strings replacing the template's, e.g. a
+model's own training format) and `demos_for(query, k)`, a task's own demonstrations for
+a query (fast-binding episodes carry their support sets) used instead of pool selection.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,6 +76,8 @@ class Task:
   class_names: tuple[str, ...] = ()
   metric_options: dict = dataclasses.field(default_factory=dict)  # kwargs of the metric
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  template_overrides: dict = dataclasses.field(default_factory=dict)  # prompts.get_template
+  demos_for: Callable[[Example, int], list[Example]] | None = None  # per-query demos
 
   def __post_init__(self):
     if self.kind not in KINDS:
