@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 import tiny
@@ -163,6 +164,20 @@ def test_suggestions_when_arguments_dominate():
   assert not any("accum_steps" in s for s in out)
 
 
+def test_oom_message_parsing():
+  """The message XLA:TPU gave for the test below (v5e, 16 GiB chips; G = GiB)."""
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (16.17G) exceeds available HBM (15.75G).")
+  mem = compile_lib._oom_memory(message, arguments=3 * 1024 ** 2)  # pylint: disable=protected-access
+  assert mem["temporary"] == int(16.17 * GIB) and mem["xla_usable_hbm"] == int(15.75 * GIB)
+  assert mem["total"] == 3 * 1024 ** 2 + int(16.17 * GIB) and mem["total_is_lower_bound"]
+  used = compile_lib._oom_memory(  # pylint: disable=protected-access
+      "Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm.", arguments=GIB)
+  assert used["total"] == int(20.5 * GIB) and used["xla_usable_hbm"] == int(15.75 * GIB)
+  assert compile_lib._oom_memory("INTERNAL: something else", 0) is None  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
 def test_too_large_config_is_reported_not_fitting():
   """A huge vocabulary's logits (64 x 1024 x 262144 float32 = 64 GiB) on v5e-4 (16 GiB chips)."""
   config = _tiny_config(seq_len=1024, global_batch_size=64)
@@ -176,3 +191,29 @@ def test_too_large_config_is_reported_not_fitting():
   assert report["mfu"] is None and report["mfu_reason"]
   assert report["suggestions"]
   assert any("accum_steps" in s or "more chips" in s for s in report["suggestions"])
+
+
+def test_cli_unknown_topology_exits_with_valid_names(capsys):
+  with pytest.raises(SystemExit) as info:
+    compile_lib.main(["--config", f"{TINY_CONFIG}:/nonexistent", "--topology", "v3-8"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert "'v3-8'" in err and "v5p-256" in err and "v5e-256" in err
+
+
+def test_cli_bad_override_names_the_field(capsys):
+  with pytest.raises(SystemExit):
+    compile_lib.main(["--config", f"{TINY_CONFIG}:/nonexistent", "--topology", "v5p-8",
+                      "--config.mesh.fsdpp=2"])
+  err = capsys.readouterr().err
+  assert "fsdpp" in err and "fsdp" in err
+
+
+def test_trainable_vision_layers_counts_from_first_trained_block():
+  leaf = np.zeros((2,), np.float32)
+  kosmos1_like = {"vision": {"blocks": {23: {"mlp": {"kernel": leaf}}}, "post_norm": {"scale": leaf}},
+                  "decoder": {"embed": leaf}}
+  assert compile_lib.trainable_vision_layers(kosmos1_like, depth=24) == 1
+  assert compile_lib.trainable_vision_layers({"decoder": {"embed": leaf}}, depth=24) == 0
+  everything = {"vision": {"blocks": {i: {"k": leaf} for i in (0, 5, 23)}}}
+  assert compile_lib.trainable_vision_layers(everything, depth=24) == 24
