@@ -8,6 +8,7 @@ A config has nested sections; each part of the code receives its own section:
     config.data                                   sources, sequence length, batch, images per row
     config.optim                                  AdamW, schedule, clipping, freezing, LoRA
     config.train                                  steps, logging, checkpoints, faults
+    config.eval                                   tasks evaluated every train.eval_every steps
     config.mesh, config.sharding_rules            the only place physical mesh axes are named
 """
 
@@ -107,6 +108,7 @@ def base() -> ml_collections.ConfigDict:
   config.data = data()
   config.optim = optim()
   config.train = train()
+  config.eval = ml_collections.ConfigDict(dict(tasks=()))  # kosmos.train.eval_hook
   config.mesh = mesh()
   config.sharding_rules = SHARDING_RULES
   return config

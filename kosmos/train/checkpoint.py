@@ -36,6 +36,11 @@ def _merge(params: dict, frozen: dict) -> dict:
   return out
 
 
+def merged_params(state: step_lib.TrainState) -> dict:
+  """All the model's Params (trainable and frozen) as one pure dict."""
+  return _merge(state.params, state.frozen)
+
+
 def _split_like(merged: dict, like: dict) -> dict:
   """The sub-dict of `merged` with the keys of `like`."""
   return {k: _split_like(merged[k], v) if isinstance(v, dict) else merged[k] for k, v in like.items()}

@@ -34,6 +34,7 @@ from kosmos.data import pipeline
 from kosmos.data import shards
 from kosmos.model import multimodal
 from kosmos.train import checkpoint as checkpoint_lib
+from kosmos.train import eval_hook
 from kosmos.train import flops as flops_lib
 from kosmos.train import startup
 from kosmos.train import step as step_lib
@@ -144,13 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: list[Callable[[int, Any], None]] | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns a summary.
 
-  hooks: called as hook(step, state) after every step (evaluation, tests).
+  hooks: called as hook(step, state) after every step (tests, custom logging); few-shot
+  evaluation runs as one when train.eval_every > 0 (kosmos.train.eval_hook).
   """
   mesh = sharding.make_mesh(config.mesh)
   run = step_lib.setup(config, mesh)
-  if config.train.eval_every:
-    raise NotImplementedError("train.eval_every: evaluation during training is not wired yet; "
-                              "run kosmos-eval on the workdir's checkpoints (set it to 0)")
   is_main = jax.process_index() == 0
   _check_resume_config(config, workdir)
   workdir_lib.save_config(config, workdir)
@@ -180,6 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = metric_writers.create_default_writer(metrics_dir, just_logging=not is_main)
   if is_main and int(state.step) == 0:
     parameter_overview.log_parameter_overview(state.params, msg="trainable parameters")
+  hooks = list(hooks or ())
+  if config.train.eval_every:
+    hooks.append(eval_hook.EvalHook(config, workdir, mesh, writer))
   total_steps = config.train.steps
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=config.train.log_every)
@@ -209,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step > reported:  # a skipped (non-finite) step is retried under the same number
         report(step)
         reported = step
-      for hook in hooks or ():
+      for hook in hooks:
         hook(step, state)
       at_log = step % config.train.log_every == 0 or step == total_steps
       at_ckpt = step % config.train.checkpoint_every == 0 or step == total_steps
