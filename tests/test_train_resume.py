@@ -137,6 +137,7 @@ def test_half_written_save_resumes_from_the_previous_checkpoint(data_root, refer
   jax.tree.map(np.testing.assert_array_equal, _params(workdir)[1], _params(reference)[1])
 
 
+@pytest.mark.slow  # ~2 min: three processes start jax and compile; `make test-all`
 def test_two_processes_equal_one_with_the_same_global_batch(data_root, tmp_path):
   one = str(tmp_path / "one")
   _train(data_root, one, "--config.train.steps=6", "--config.data.num_shards=2", devices=4)
