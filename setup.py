@@ -56,6 +56,7 @@ setuptools.setup(
             "kosmos-eval=kosmos.eval.main:main",
             "kosmos-export=kosmos.interop.main:export_main",
             "kosmos-import=kosmos.interop.main:import_main",
+            "kosmos-compile=kosmos.train.compile:main",
         ],
     },
 )
