@@ -1,6 +1,5 @@
 """The train step: sharding parity, accumulation, freezing, the non-finite guard."""
 
-
 import jax
 import numpy as np
 import pytest
