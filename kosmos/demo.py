@@ -218,7 +218,7 @@ def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrato
         row["colour_accuracy"] = _colour_accuracy(result["predictions"][str(row["shots"])][0],
                                                   questions)
     result.update(step=step, workdir=os.path.abspath(workdir), command=eval_command(
-        workdir, data_dir, sub, task, shots, queries, blank))
+        workdir, data_dir, sub, name, shots, queries, blank))
     runner.write_results(result, os.path.join(out, "eval", f"{name}.json"))
     summary = ", ".join(f"{r['shots']}-shot {r['mean']:.1f}" for r in result["rows"])
     say(f"eval: {name:12s} {result['metric']:>12s} x100: {summary} ({time.time() - t:.0f} s)")
@@ -226,14 +226,15 @@ def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrato
   return results
 
 
-def eval_command(workdir: str, data_dir: str, sub: str, task: str, shots, queries: int,
+def eval_command(workdir: str, data_dir: str, sub: str, name: str, shots, queries: int,
                  blank: bool) -> str:
   """The equivalent kosmos-eval command line (for the report)."""
+  task = name.removesuffix("_blank")
   options = " ".join(f"--task-option {k}='{json.dumps(v)}'" for k, v in PROMPTS[task].items())
   return (f"kosmos-eval --workdir {workdir} --task {task} --data {data_dir}/eval/{sub} "
           f"--shots {','.join(map(str, shots))}"
           + (f" --num-queries {queries}" if queries else "") + (f" {options}" if options else "")
-          + (" --blank-images" if blank else "") + f" --out OUT/{task}.json")
+          + (" --blank-images" if blank else "") + f" --out OUT/eval/{name}.json")
 
 
 def export(workdir: str, hf_dir: str, data_dir: str, say: Narrator, log_path: str
