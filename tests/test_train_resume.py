@@ -157,3 +157,30 @@ def test_two_processes_equal_one_with_the_same_global_batch(data_root, tmp_path)
                              rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
                _params(two)[1], _params(one)[1])
+
+
+@pytest.mark.slow  # prepares a small shapes world and a tokenizer, then 3 processes train
+def test_local_sh_2_trains_the_demo_config_like_one_process(tmp_path):
+  from kosmos import demo  # pylint: disable=import-outside-toplevel
+  demo._import_config_module()  # pylint: disable=protected-access
+  data = str(tmp_path / "data")
+  plan = demo.Plan(pairs=400, pages=150, texts=60, steps=4, coco_queries=1, vqa_queries=1,
+                   binding_episodes=4)
+  demo.prepare(data, plan, demo.Narrator())
+  common = [f"--config=configs/demo.py:{data}", "--config.train.steps=4",
+            "--config.train.log_every=2", "--config.data.num_shards=2",
+            "--config.data.global_batch_size=8"]
+  one = str(tmp_path / "one")
+  proc = subprocess.run([sys.executable, "-m", "kosmos.train.main", *common, f"--workdir={one}"],
+                        env=_env(4), cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  two = str(tmp_path / "two")
+  proc = subprocess.run(
+      ["bash", os.path.join(REPO, "launch", "local.sh"), "2", "--devices", "2", "--",
+       *common, f"--workdir={two}"],
+      env=dict(_env(2), KOSMOS_LOCAL_ENTRY=f"{sys.executable} -m kosmos.train.main"), cwd=REPO,
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  one_log, two_log = _log(one), _log(two)
+  assert sorted(one_log) == sorted(two_log) == [2, 4]
+  np.testing.assert_allclose([two_log[s] for s in (2, 4)], [one_log[s] for s in (2, 4)], rtol=1e-5)
