@@ -8,6 +8,7 @@ export {class, answers, tokens_equal, files}, plan, parameters, world, config.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -84,10 +85,16 @@ def evidence(summary: dict[str, Any]) -> list[str]:
   out.append(f"- **Colour questions** (the answer is only in the pixels): {gaps}.")
   bind = _means(res["binding"])
   shots = sorted(bind)
+  n = res["binding"]["rows"][0]["num_queries"]
+  noise = 2 * math.sqrt(2 * 0.25 / n) * 100  # 2 SE of a difference of two accuracies near 50%
+  diff = bind[shots[-1]] - bind[shots[0]]
+  verdict = (f"{shots[-1]} shots beat 0 shots by {diff:.1f} points (noise: +-{noise:.1f} at 2 SE "
+             f"for {n} episodes)" if diff > noise else
+             f"NOT learned: {shots[-1]} shots vs 0 shots differ by {diff:+.1f} points, within "
+             f"noise (+-{noise:.1f} at 2 SE for {n} episodes); in-context binding does not "
+             "emerge in this training budget")
   out.append(f"- **Fast binding** (fresh nonce words per episode, chance {CHANCE_BINDING:.0f}%): "
-             + ", ".join(f"{s}-shot {bind[s]:.1f}" for s in shots)
-             + f"; {shots[-1]} shots {'beat' if bind[shots[-1]] > bind[shots[0]] else 'do NOT beat'}"
-             f" 0 shots by {bind[shots[-1]] - bind[shots[0]]:.1f} points.")
+             + ", ".join(f"{s}-shot {bind[s]:.1f}" for s in shots) + f"; {verdict}.")
   return out
 
 
