@@ -31,7 +31,7 @@ Expected (`kosmos-compile ... --topology v5p-256` on a 2-core CPU host, libtpu 0
 2026-11-23; docs/performance.md "Pod-scale compile reports"): mesh fsdp=128, per chip
 argument 0.60 GiB + temporary 19.37 GiB + code 1.77 GiB = 21.74 GiB of 95 GiB (fits),
 XLA 4.477e14 FLOPs per chip, XLA-estimated step 1.612 s, predicted MFU 46.3 %
-(analytic 4.385e16 FLOPs per step); the compile takes ~7 min and ~12 GB of host RAM.
+(analytic 4.385e16 FLOPs per step); the compile took 7 min and 10-12 GB of host RAM.
 """
 
 import ml_collections
