@@ -177,7 +177,6 @@ def test_oom_message_parsing():
   assert compile_lib._oom_memory("INTERNAL: something else", 0) is None  # pylint: disable=protected-access
 
 
-@pytest.mark.slow
 def test_too_large_config_is_reported_not_fitting():
   """A huge vocabulary's logits (64 x 1024 x 262144 float32 = 64 GiB) on v5e-4 (16 GiB chips)."""
   config = _tiny_config(seq_len=1024, global_batch_size=64)
