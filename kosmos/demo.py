@@ -40,6 +40,8 @@ from typing import Any, Callable
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from kosmos import configs  # pylint: disable=wrong-import-position
+
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs", "demo.py")
 SHOTS = (0, 1, 2, 4)
@@ -117,13 +119,13 @@ def _logged(path: str):
 def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
   from kosmos.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from kosmos.data.convert import shapes  # pylint: disable=import-outside-toplevel
-  from configs_demo import MAX_IMAGES  # type: ignore  # pylint: disable=import-outside-toplevel
+  max_images = configs.load_module(CONFIG_FILE).MAX_IMAGES
   t = time.time()
   world = shapes.generate(data_dir, workers=2, seed=0, pairs=plan.pairs, pages=plan.pages,
-                          texts=plan.texts, image_size=32, max_images_per_page=MAX_IMAGES,
+                          texts=plan.texts, image_size=32, max_images_per_page=max_images,
                           binding_episodes=plan.binding_episodes)
   say(f"prepare: shapes world -> {data_dir}: {plan.pairs} pairs, {plan.pages} pages "
-      f"(<= {MAX_IMAGES} images), {plan.texts} texts + COCO/VQAv2/binding eval sets "
+      f"(<= {max_images} images), {plan.texts} texts + COCO/VQAv2/binding eval sets "
       f"({time.time() - t:.0f} s)")
   t = time.time()
   records = [os.path.join(data_dir, "records", k) for k in ("pair", "interleaved", "text")]
@@ -134,8 +136,7 @@ def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
 
 
 def load_config(data_dir: str, plan: Plan):
-  import configs_demo  # type: ignore  # pylint: disable=import-outside-toplevel
-  config = configs_demo.get_config(data_dir)
+  config = configs.load(f"{CONFIG_FILE}:{data_dir}")
   config.train.steps = plan.steps
   config.train.checkpoint_every = plan.steps
   return config
@@ -308,7 +309,6 @@ def run(out: str, plan: Plan, *, say: Callable[[str], None] | None = None) -> di
   """The whole demo into `out`; returns the summary written to OUT/summary.json."""
   from kosmos import demo_report  # pylint: disable=import-outside-toplevel
   say = say or Narrator()
-  _import_config_module()
   os.makedirs(out, exist_ok=True)
   data_dir, workdir = os.path.join(out, "data"), os.path.join(out, "workdir")
   logs = os.path.join(out, "logs")
@@ -341,17 +341,6 @@ def run(out: str, plan: Plan, *, say: Callable[[str], None] | None = None) -> di
   report = demo_report.write(out, summary)
   say(f"done in {timings['total']:.0f} s. Report: {os.path.abspath(report)}")
   return summary
-
-
-def _import_config_module() -> None:
-  """configs/demo.py as the module `configs_demo` (configs/ is not a package)."""
-  if "configs_demo" in sys.modules:
-    return
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("configs_demo", CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  sys.modules["configs_demo"] = module
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,13 +121,11 @@ def restore_params(directory: str, step: int | None = None, target: Any = None) 
     raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(directory)}")
   with ocp.CheckpointManager(checkpoint_dir(directory), item_names=(PARAMS,),
                              item_handlers={PARAMS: ocp.StandardCheckpointHandler()}) as manager:
-    if target is None:  # onto this process's first device, whatever mesh saved them
+    to_host = target is None
+    if to_host:  # via this process's first device, whatever mesh saved them
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             manager.item_metadata(step)[PARAMS])
-      restored = manager.restore(step, args=ocp.args.Composite(**{
-          PARAMS: ocp.args.StandardRestore(target)}))
-      return step, jax.tree.map(np.asarray, restored[PARAMS])
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        PARAMS: ocp.args.StandardRestore(target)}))
-  return step, restored[PARAMS]
+    params = manager.restore(step, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
+  return step, jax.tree.map(np.asarray, params) if to_host else params

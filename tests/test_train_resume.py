@@ -162,7 +162,6 @@ def test_two_processes_equal_one_with_the_same_global_batch(data_root, tmp_path)
 @pytest.mark.slow  # prepares a small shapes world and a tokenizer, then 3 processes train
 def test_local_sh_2_trains_the_demo_config_like_one_process(tmp_path):
   from kosmos import demo  # pylint: disable=import-outside-toplevel
-  demo._import_config_module()  # pylint: disable=protected-access
   data = str(tmp_path / "data")
   plan = demo.Plan(pairs=400, pages=150, texts=60, steps=4, coco_queries=1, vqa_queries=1,
                    binding_episodes=4)

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from kosmos import workdir as workdir_lib
+from kosmos.train import freeze
 from kosmos.train import step as step_lib
 
 PARAMS, OPT_STATE, DATA_ITER, META = (workdir_lib.PARAMS, workdir_lib.OPT_STATE,
@@ -109,8 +110,6 @@ def load_init(init_from: str, patterns: tuple[str, ...], abstract: step_lib.Trai
   training run). Parameters absent from it, or not matching, keep their fresh values.
   Returns the new state and the loaded paths.
   """
-  import re  # pylint: disable=g-import-not-at-top
-  from kosmos.train import freeze  # pylint: disable=g-import-not-at-top
   if not epath.Path(init_from).exists():
     raise FileNotFoundError(f"train.init_from={init_from!r} is not a directory (a kosmos workdir)")
   try:  # same parameter tree: restore straight into the mesh layout, no host copy
@@ -119,13 +118,13 @@ def load_init(init_from: str, patterns: tuple[str, ...], abstract: step_lib.Trai
     logging.info("init_from %s: tree differs from the model (%s); restoring on the host",
                  init_from, str(e)[:200])
     _, source = workdir_lib.restore_params(init_from)
-  compiled = [re.compile(p) for p in patterns]
+  wanted = freeze.Trainable(trainable=patterns)
   loaded: list[str] = []
 
   def pick(path, current, target):
     name = freeze.path_string(path)
     value = _lookup(source, path)
-    if value is None or not any(p.search(name) for p in compiled):
+    if value is None or not wanted.matches(name):
       return current
     if tuple(value.shape) != tuple(target.shape):
       raise ValueError(f"init_from {init_from}: {name} has shape {tuple(value.shape)}, "
