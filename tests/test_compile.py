@@ -212,7 +212,7 @@ def test_trainable_vision_layers_counts_from_first_trained_block():
   leaf = np.zeros((2,), np.float32)
   kosmos1_like = {"vision": {"blocks": {23: {"mlp": {"kernel": leaf}}}, "post_norm": {"scale": leaf}},
                   "decoder": {"embed": leaf}}
-  assert compile_lib.trainable_vision_layers(kosmos1_like, depth=24) == 1
-  assert compile_lib.trainable_vision_layers({"decoder": {"embed": leaf}}, depth=24) == 0
+  assert flops_lib.trainable_vision_layers(kosmos1_like, depth=24) == 1
+  assert flops_lib.trainable_vision_layers({"decoder": {"embed": leaf}}, depth=24) == 0
   everything = {"vision": {"blocks": {i: {"k": leaf} for i in (0, 5, 23)}}}
-  assert compile_lib.trainable_vision_layers(everything, depth=24) == 24
+  assert flops_lib.trainable_vision_layers(everything, depth=24) == 24

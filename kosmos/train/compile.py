@@ -58,7 +58,6 @@ import numpy as np
 
 from kosmos import configs, sharding
 from kosmos.train import flops as flops_lib
-from kosmos.train import freeze
 from kosmos.train import step as step_lib
 
 GIB = 1024 ** 3
@@ -178,16 +177,6 @@ def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtyp
     v = data.max_vectors_per_row
     shapes.update(vectors=((b, v, data.vector_dim), jnp.float32), vector_mask=((b, v), jnp.bool_))
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
-
-
-def trainable_vision_layers(params: Any, depth: int) -> int:
-  """ViT blocks that need a backward pass: from the first block with a trained param on."""
-  blocks = set()
-  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-    found = re.match(r"vision\.blocks\.(\d+)\.", freeze.path_string(path))
-    if found:
-      blocks.add(int(found.group(1)))
-  return depth - min(blocks) if blocks else 0
 
 
 def _count(tree: Any) -> int:
@@ -312,7 +301,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   params = {"trainable": _count(run.abstract_state.params),
             "frozen": _count(run.abstract_state.frozen)}
   params["total"] = params["trainable"] + params["frozen"]
-  vision_layers = trainable_vision_layers(run.abstract_state.params, config.model.vision.depth)
+  vision_layers = flops_lib.trainable_vision_layers(run.abstract_state.params, config.model.vision.depth)
   analytic = flops_lib.step_flops(config, trainable_vision_layers=vision_layers)
   peak = flops_lib.peak_flops(device_kind)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -17,10 +17,15 @@ tokens and padding images count, since they are computed. MFU = model FLOPs / (s
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import jax
 import ml_collections
 
 from kosmos.model import multimodal
 from kosmos.model import vision as vision_lib
+from kosmos.train import freeze
 
 # Dense bf16 peak FLOP/s per device (chip for TPU).
 PEAK_FLOPS = {
@@ -43,6 +48,18 @@ def peak_flops(device_kind: str) -> float | None:
     if device_kind.startswith(name):
       return PEAK_FLOPS[name]
   return None
+
+
+def trainable_vision_layers(params: Any, depth: int) -> int:
+  """ViT blocks that need a backward pass: from the first block with a trained param on.
+
+  `params` is the trainable pytree (e.g. `TrainState.params`, abstract or real)."""
+  blocks = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    found = re.match(r"vision\.blocks\.(\d+)\.", freeze.path_string(path))
+    if found:
+      blocks.add(int(found.group(1)))
+  return depth - min(blocks) if blocks else 0
 
 
 def _layer_params(d: int, ffn: int, heads: int, kv_heads: int, head_dim: int, gated: bool) -> int:
