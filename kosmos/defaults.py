@@ -81,7 +81,6 @@ def optim() -> ml_collections.ConfigDict:
       accum_steps=1,
       trainable=(".*",),  # param-path regexes that train; the rest is frozen
       frozen=(),  # param-path regexes frozen even if matched above
-      lora=ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("q_proj", "v_proj"))),
   ))
 
 

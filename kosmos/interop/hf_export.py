@@ -5,7 +5,8 @@
 writes OUT/{model.safetensors | model-0000i-of-0000K.safetensors + model.safetensors.index.json,
 config.json, generation_config.json, preprocessor_config.json (multimodal), tokenizer files}.
 Streaming: each parameter is restored alone from Orbax (partial restore), transposed,
-cast and appended to its pre-planned shard, so peak host memory is about two copies of
+cast and appended to its pre-planned shard (LoRA adapters folded into their kernels:
+W + alpha/rank * A B), so peak host memory is about two copies of
 the largest tensor plus the runtime, whatever the model size.
 """
 
@@ -26,6 +27,7 @@ from kosmos.interop import hf_config
 from kosmos.interop import mapping
 from kosmos.interop import stream
 from kosmos.model import connector as connector_lib
+from kosmos.model import lora
 from kosmos.model import multimodal
 
 DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
@@ -54,7 +56,8 @@ def _normalize_path(path: tuple) -> tuple:
 
 def check_coverage(entries: list[mapping.Entry], abstract: dict[str, Any], parts: tuple[str, ...]) -> None:
   """Every param of `parts` is mapped exactly once (guards the maps against model changes)."""
-  have = {_normalize_path(p) for p in leaves(abstract) if p[0] in parts}
+  have = {_normalize_path(p) for p in leaves(abstract)
+          if p[0] in parts and not lora.is_adapter(p)}  # adapters are folded into kernels
   mapped = [e.kosmos for e in entries]
   if len(set(mapped)) != len(mapped):
     raise AssertionError("a kosmos parameter is mapped twice")
@@ -127,6 +130,10 @@ def export_hf(src: str, out: str, *, step: int | None = None, max_shard_size: st
   writer = stream.ShardedWriter(out, plan, stream.parse_size(max_shard_size))
   for e in entries:
     value = stream.read_param(params_dir, e.kosmos, leaf[e.kosmos])
+    adapters = [e.kosmos[:-1] + (name,) for name in lora.ADAPTERS]
+    if e.kosmos[-1] == "kernel" and all(a in leaf for a in adapters):
+      value = lora.fold_kernel(value, *(stream.read_param(params_dir, a, leaf[a]) for a in adapters),
+                               lora.spec_of(model.decoder).scale)
     writer.write(e.hf, np.ascontiguousarray(mapping.to_hf(e.kind, value)).astype(out_dtype, copy=False))
     del value
   if linear:  # LLaVA always has linear_2: the identity makes it exact.

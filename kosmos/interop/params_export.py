@@ -8,7 +8,8 @@ exported dtype so the config describes the checkpoint) and OUT/checkpoints/<step
 meta}. It is restorable onto any mesh with `workdir.restore_params(OUT, target=...)`
 (abstract arrays carrying `kosmos.sharding.param_shardings`), and usable as
 `config.train.init_from`. Casting needs the params once in the source dtype and once in
-the exported one.
+the exported one. LoRA adapters are folded into their kernels (W + alpha/rank * A B) and
+the exported config has `decoder.lora.rank = 0`: the output is a plain model.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from kosmos import workdir
 from kosmos.interop import hf_export
+from kosmos.model import lora
 
 DTYPES = ("float32", "bfloat16")
 
@@ -36,6 +38,10 @@ def export_params(src: str, out: str, *, step: int | None = None, dtype: str = "
   abstract = hf_export.abstract_params(config.model)
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
   step, params = workdir.restore_params(src, step, target=target)
+  spec = lora.spec_of(config.model.decoder)
+  if spec is not None:  # a plain model: W + alpha/rank * A B, adapters dropped
+    params = lora.fold(jax.tree.map(np.asarray, params), spec.scale)
+    config.model.decoder.lora.rank = 0
   cast = jnp.dtype(dtype)
   params = jax.tree.map(lambda x: np.asarray(x).astype(cast, copy=False), params)
   for section in ("vision", "connector", "decoder"):

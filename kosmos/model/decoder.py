@@ -26,6 +26,7 @@ from flax import nnx
 
 from kosmos import sharding
 from kosmos.model import layers
+from kosmos.model import lora as lora_lib
 
 
 class Family(str, enum.Enum):
@@ -47,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
       ffn_dim=8192, positions="xpos", position_offset=0, rope_theta=10000.0,
       xpos_scale_base=512.0, max_len=2048, norm_eps=1e-5, tie_embeddings=True,
       scale_embeddings=True, dtype="float32", param_dtype="float32", remat="none",
+      lora=lora_lib.default_config(),  # adapters on block projections (kosmos.model.lora)
   ))
 
 
@@ -63,6 +65,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   kv = config.num_kv_heads or config.num_heads
   if config.num_heads % kv:
     raise ValueError(f"decoder num_heads={config.num_heads} not a multiple of num_kv_heads={kv}")
+  lora_lib.check_config(config)
 
 
 class Block(nnx.Module):
@@ -76,19 +79,21 @@ class Block(nnx.Module):
     rotary = {Positions.XPOS: layers.Rotary.XPOS, Positions.ROPE: layers.Rotary.ROPE}.get(
         Positions(config.positions), layers.Rotary.NONE)
     kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    lora = lora_lib.spec_of(config)
     self.attn_norm = layers.norm(config.d_model, rms=not magneto, eps=config.norm_eps, **kw)
     self.attn = layers.Attention(
         config.d_model, config.num_heads, num_kv_heads=config.num_kv_heads or None,
         head_dim=config.head_dim or None, use_bias=magneto, inner_norm=magneto,
         norm_eps=config.norm_eps, rotary=rotary, rope_theta=config.rope_theta,
         xpos_scale_base=config.xpos_scale_base, xpos_center=config.max_len // 2,
-        std=std, out_std=out_std, **kw)
+        std=std, out_std=out_std, lora=lora, **kw)
     self.mlp_norm = layers.norm(config.d_model, rms=not magneto, eps=config.norm_eps, **kw)
     if magneto:
       self.mlp = layers.Mlp(config.d_model, config.ffn_dim, act=layers.Activation.GELU,
-                            inner_norm=True, norm_eps=config.norm_eps, std=std, out_std=out_std, **kw)
+                            inner_norm=True, norm_eps=config.norm_eps, std=std, out_std=out_std,
+                            lora=lora, **kw)
     else:
-      self.mlp = layers.GatedMlp(config.d_model, config.ffn_dim, std=std, **kw)
+      self.mlp = layers.GatedMlp(config.d_model, config.ffn_dim, std=std, lora=lora, **kw)
 
   def __call__(self, x_btd, mask_b1ts, positions_bt, cache=None, cache_index_b=None):
     y, cache = self.attn(self.attn_norm(x_btd), mask_b1ts=mask_b1ts, positions_bt=positions_bt,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kosmos import sharding
+from kosmos.model import lora as lora_lib
 
 # Flax >= 0.12 would otherwise try to shard at creation; we lay params out from their
 # logical names ourselves (kosmos.sharding.param_shardings).
@@ -50,13 +51,15 @@ def dtype_of(name: str | Dtype) -> Dtype:
 
 def dense(din: int, dout: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs,
           use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-          std: float = 0.02) -> nnx.Linear:
-  """A Linear [din, dout] whose kernel has logical axes `axes` and bias `axes[1:]`."""
-  return nnx.Linear(
-      din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
-      rngs=rngs)
+          std: float = 0.02, lora: lora_lib.Spec | None = None) -> nnx.Linear:
+  """A Linear [din, dout] whose kernel has logical axes `axes` and bias `axes[1:]`;
+  a `lora_lib.LoraLinear` (same kernel and bias, plus adapters) when `lora` is given."""
+  kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+            kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]), rngs=rngs)
+  if lora is not None:
+    return lora_lib.LoraLinear(din, dout, spec=lora, axes=axes, **kw)
+  return nnx.Linear(din, dout, **kw)
 
 
 def norm(dim: int, *, rms: bool, eps: float, rngs: nnx.Rngs, axis_name: str = "embed",
@@ -168,7 +171,7 @@ class Attention(nnx.Module):
                inner_norm: bool = False, norm_eps: float = 1e-5, rotary: str = Rotary.NONE,
                rope_theta: float = 10000.0, xpos_scale_base: float = 512.0, xpos_center: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, std: float = 0.02,
-               out_std: float | None = None, rngs: nnx.Rngs):
+               out_std: float | None = None, lora: lora_lib.Spec | None = None, rngs: nnx.Rngs):
     self.num_heads = num_heads
     self.num_kv_heads = num_kv_heads or num_heads
     if num_heads % self.num_kv_heads:
@@ -181,15 +184,17 @@ class Attention(nnx.Module):
     self.dtype = dtype
     kv_dim = kv_dim or d_model
     kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q_proj = dense(d_model, num_heads * self.head_dim, ("embed", "heads"), std=std, **kw)
-    self.k_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"), std=std, **kw)
+    self.q_proj = dense(d_model, num_heads * self.head_dim, ("embed", "heads"), std=std,
+                        lora=lora and lora.get("q_proj"), **kw)
+    self.k_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"), std=std,
+                        lora=lora and lora.get("k_proj"), **kw)
     self.v_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"),
-                        std=out_std or std, **kw)
+                        std=out_std or std, lora=lora and lora.get("v_proj"), **kw)
     self.inner_norm = (norm(num_heads * self.head_dim, rms=False, eps=norm_eps, axis_name="heads",
                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                        if inner_norm else None)
     self.o_proj = dense(num_heads * self.head_dim, d_model, ("heads", "embed"),
-                        std=out_std or std, **kw)
+                        std=out_std or std, lora=lora and lora.get("o_proj"), **kw)
 
   def _rotate(self, x_btnk, positions_bt, is_key):
     if self.rotary == Rotary.ROPE:
@@ -240,13 +245,15 @@ class Mlp(nnx.Module):
   def __init__(self, d_model: int, ffn_dim: int, *, act: str, use_bias: bool = True,
                inner_norm: bool = False, norm_eps: float = 1e-5, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, std: float = 0.02, out_std: float | None = None,
-               rngs: nnx.Rngs):
+               lora: lora_lib.Spec | None = None, rngs: nnx.Rngs):
     kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.act = act
-    self.fc1 = dense(d_model, ffn_dim, ("embed", "mlp"), std=out_std or std, **kw)
+    self.fc1 = dense(d_model, ffn_dim, ("embed", "mlp"), std=out_std or std,
+                     lora=lora and lora.get("fc1"), **kw)
     self.inner_norm = (norm(ffn_dim, rms=False, eps=norm_eps, axis_name="mlp", dtype=dtype,
                             param_dtype=param_dtype, rngs=rngs) if inner_norm else None)
-    self.fc2 = dense(ffn_dim, d_model, ("mlp", "embed"), std=out_std or std, **kw)
+    self.fc2 = dense(ffn_dim, d_model, ("mlp", "embed"), std=out_std or std,
+                     lora=lora and lora.get("fc2"), **kw)
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     h_btf = activation(self.act)(self.fc1(x_btd))
@@ -260,11 +267,13 @@ class GatedMlp(nnx.Module):
   """SwiGLU (Llama): down(silu(gate(x)) * up(x)), no biases."""
 
   def __init__(self, d_model: int, ffn_dim: int, *, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32, std: float = 0.02, rngs: nnx.Rngs):
+               param_dtype: Dtype = jnp.float32, std: float = 0.02,
+               lora: lora_lib.Spec | None = None, rngs: nnx.Rngs):
     kw = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, std=std, rngs=rngs)
-    self.gate_proj = dense(d_model, ffn_dim, ("embed", "mlp"), **kw)
-    self.up_proj = dense(d_model, ffn_dim, ("embed", "mlp"), **kw)
-    self.down_proj = dense(ffn_dim, d_model, ("mlp", "embed"), **kw)
+    self.gate_proj = dense(d_model, ffn_dim, ("embed", "mlp"), lora=lora and lora.get("gate_proj"), **kw)
+    self.up_proj = dense(d_model, ffn_dim, ("embed", "mlp"), lora=lora and lora.get("up_proj"), **kw)
+    self.down_proj = dense(ffn_dim, d_model, ("mlp", "embed"), lora=lora and lora.get("down_proj"),
+                           **kw)
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     h_btf = jax.nn.silu(self.gate_proj(x_btd)) * self.up_proj(x_btd)

@@ -5,6 +5,8 @@ A parameter trains when it matches one of `optim.trainable` and none of `optim.f
 KOSMOS-1 freezes the ViT except its last block (and the final norm):
     frozen=(r"^vision\\.(?!blocks\\.23\\.|post_norm)",).
 MiniGPT-4 / BLIP-2 train only the connector:     trainable=(r"^connector\\.",).
+mPLUG-Owl stage 2 trains only LoRA adapters:      trainable=(r"\\.lora_[ab]$",)
+(with `model.decoder.lora.rank` > 0; the kernels LoRA adapts are always frozen).
 """
 
 from __future__ import annotations
@@ -37,5 +39,7 @@ class Trainable:
     return f"Trainable({[p.pattern for p in self.trainable]}, frozen={[p.pattern for p in self.frozen]})"
 
 
-def from_config(optim_config) -> Trainable:
-  return Trainable(tuple(optim_config.trainable), tuple(optim_config.frozen))
+def from_config(optim_config, always_frozen: Sequence[str] = ()) -> Trainable:
+  """`optim.trainable` / `optim.frozen`, plus `always_frozen` (e.g. the kernels that LoRA
+  adapts: `kosmos.model.lora.frozen_patterns`)."""
+  return Trainable(tuple(optim_config.trainable), tuple(optim_config.frozen) + tuple(always_frozen))

@@ -29,6 +29,7 @@ from flax import nnx
 
 from kosmos import sharding
 from kosmos.data import packing
+from kosmos.model import lora
 from kosmos.model import multimodal
 from kosmos.train import freeze
 from kosmos.train import optimizer as optimizer_lib
@@ -68,7 +69,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   sharding.check_model(config.model, mesh)
   sharding.check_batch(config.data.global_batch_size, mesh)
   check_config(config, mesh)
-  trainable = freeze.from_config(config.optim)
+  trainable = freeze.from_config(config.optim, lora.frozen_patterns(config.model.decoder))
   tx = optimizer_lib.make(config.optim, config.train.steps)
   rules = config.sharding_rules
 
@@ -104,9 +105,6 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     if model_id != tok_id and not (field == "vector_slot_id" and not config.model.get("vector_dim")):
       raise ValueError(f"config.model.{field}={model_id} differs from config.tokenizer.{field}="
                        f"{tok_id}: the model would never see the pipeline's slots")
-  if config.optim.lora.rank:
-    raise NotImplementedError(f"optim.lora.rank={config.optim.lora.rank}: LoRA adapters are not "
-                              "implemented yet; set it to 0")
 
 
 def _like_params(opt_tree, params, params_sh, replicated):
