@@ -12,8 +12,10 @@ vision features), builds prompts (`kosmos.eval.prompts`), and
     multiple_choice  the prompt (kosmos.infer.score); accuracy, or ROC AUC on P(class 1)
 
 Returns {"rows": [{"shots", "values" per trial, "mean", "std"}], "predictions": ...}.
-Processes split the queries (process i takes queries i::P, padded to equal counts so
-every host runs the same batches) and all-gather their predictions before scoring.
+Processes split the queries (process i takes queries i::P; the Engine agrees on batch
+shapes and counts between hosts, so shares may differ in size or in the number of
+candidate rows) and all-gather their predictions before scoring. RICES embeds all queries
+on every process (identical inputs to the sharded model) and keeps its own share.
 RICES selects the same demonstrations every trial, so it runs one trial.
 """
 
@@ -72,7 +74,11 @@ def vision_embed_fn(engine: engine_lib.Engine) -> Callable[[list[bytes]], np.nda
   @nnx.jit
   def features(model, images):
     out, _ = model.vision(images)
-    return out.mean(axis=1)
+    out = out.mean(axis=1)
+    if engine.mesh is not None:  # replicated, so every process can read all of it
+      out = jax.lax.with_sharding_constraint(
+          out, jax.sharding.NamedSharding(engine.mesh, jax.sharding.PartitionSpec()))
+    return out
 
   def embed(encoded: list[bytes]) -> np.ndarray:
     images = np.stack([prompt_lib.load_image(b, engine.image_size) for b in encoded])
@@ -96,15 +102,9 @@ def _allgather_json(values: list[Any]) -> list[Any]:
   return out
 
 
-def _local_queries(queries: Sequence[tasks_lib.Example]) -> tuple[list, int]:
-  """This process's slice, padded with its last query to ceil(Q / P) (count of real ones)."""
-  count, index = jax.process_count(), jax.process_index()
-  mine = list(queries[index::count])
-  per = math.ceil(len(queries) / count)
-  real = len(mine)
-  while len(mine) < per:
-    mine.append(mine[-1] if mine else queries[0])
-  return mine, real
+def _local_indices(num_queries: int) -> list[int]:
+  """This process's share of the queries: i::P (the engine lets shares differ in size)."""
+  return list(range(jax.process_index(), num_queries, jax.process_count()))
 
 
 def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> float:
@@ -140,7 +140,6 @@ def blank(prompt: prompts_lib.Prompt, image_size: int) -> prompts_lib.Prompt:
 def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence,
               demos: Sequence[Sequence], *, text_only: bool, settings: Settings,
               progress: Callable[[int], Any] | None = None,
-              fixed_shapes: tuple[int, int] | None = None,
               blank_images: bool = False) -> list[dict[str, Any]]:
   """Predictions for `queries` (this process's), each {"id", "prediction", "raw" |
   "logprobs", "references" | "label"}; `demos[i]` are query i's demonstrations.
@@ -152,12 +151,10 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
            for q, d in zip(queries, demos)]
   if blank_images:
     built = [blank(b, engine.image_size) for b in built]
-  length, num_images = fixed_shapes or (0, -1)
   out = []
   if classify:
     scores = engine.score([b.segments for b in built], [b.candidates for b in built],
-                          batch_size=settings.batch_size, progress=progress, length=length,
-                          num_images=num_images)
+                          batch_size=settings.batch_size, progress=progress)
     for q, s in zip(queries, scores):
       logprobs = [total for total, _ in s]
       out.append({"id": q.id, "prediction": int(np.argmax(logprobs)), "logprobs": logprobs,
@@ -169,7 +166,7 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
       max_new_tokens=settings.caption_tokens if caption else settings.vqa_tokens,
       num_beams=settings.caption_beams if caption else settings.vqa_beams,
       length_penalty=settings.length_penalty, batch_size=settings.batch_size,
-      progress=progress, length=length, num_images=num_images)
+      progress=progress)
   post = metrics.postprocess_caption if caption else metrics.postprocess_vqa
   for q, g in zip(queries, gens):
     out.append({"id": q.id, "prediction": post(g.text), "raw": g.text,
@@ -196,11 +193,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
   if engine is None:
     engine = engine_lib.Engine(build_model(config, params, mesh), config, mesh=mesh,
                                length_multiple=128)
-  local, real = _local_queries(queries)
-  fixed = None
-  if jax.process_count() > 1:  # every host must run identically shaped batches
-    new = max(settings.caption_tokens, settings.vqa_tokens)
-    fixed = (engine.max_len - new, max(shots) + 1)
+  mine = _local_indices(len(queries))
+  local = [queries[i] for i in mine]
   rices_selector = None
   if rices and task.demos_for is None and any(s > 0 for s in shots):
     cache = (demos_lib.embedding_cache_path(rices_cache_dir, task.name, "own_vision")
@@ -218,14 +212,15 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
       if fixed_demos:
         demos = [task.demos_for(q, k) for q in local]
       elif rices_selector is not None and shot > 0:
-        demos = rices_selector.select(local, k)
+        # Every process embeds the same (all) queries: identical inputs to the sharded model.
+        everyone = rices_selector.select(queries, k)
+        demos = [everyone[i] for i in mine]
       else:
         random_demos = demos_lib.RandomDemos(task.train, seed=seed + trial)
         demos = [random_demos.select(q, k) for q in local]
       preds = run_trial(engine, task, local, demos, text_only=shot == 0, settings=settings,
-                        progress=bar.update if bar else None, fixed_shapes=fixed,
-                        blank_images=blank_images)
-      preds = _allgather_json(preds[:real])
+                        progress=bar.update if bar else None, blank_images=blank_images)
+      preds = _allgather_json(preds)
       values.append(score_predictions(task, preds))
       shot_predictions.append(preds)
     mean, std = metrics.mean_std(values)

@@ -7,9 +7,12 @@ over the mesh's (data, fsdp) axes, runs `generate.decode` / `beam.search` /
 `score.score`, and decodes the output. Stop strings are applied after decoding: the text is
 cut at the first occurrence of any of them.
 
-Multi-process: every process calls `generate` / `score` with ITS OWN prompts and the same
-number of them (the caller pads), batches are assembled from process-local rows, and each
-process gets back the results for its own prompts.
+Multi-process: every process calls `generate` / `score` with ITS OWN prompts (any number,
+even none), batches are assembled from process-local rows, and each process gets back the
+results for its own prompts. Before the first batch the processes agree (one all-gather) on
+the padded length, images per row and number of batches, so every host compiles and runs
+the same programs the same number of times, and a too-long prompt on any host stops all
+of them with the same error instead of leaving the others waiting in a collective.
 """
 
 from __future__ import annotations
@@ -117,22 +120,55 @@ class Engine:
       out[k] = np.concatenate(rows)
     return out
 
+  def _multi_process(self) -> bool:
+    return self.mesh is not None and jax.process_count() > 1
+
+  def _shapes(self, encoded: Sequence[prompt_lib.Encoded], batch_size: int, length: int,
+              num_images: int, extra_tokens: int) -> tuple[int, int, int]:
+    """(length, num_images, batches) for this call: `length`/`num_images` when fixed (0/-1:
+    per batch), agreed by all processes when there are several (then one length for every
+    batch); raises the same error on every host when a prompt does not fit."""
+    longest = max((len(e.tokens) for e in encoded), default=1)
+    most = max((len(e.images) for e in encoded), default=0)
+    batches = -(-len(encoded) // batch_size)
+    if self._multi_process():
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      agreed = multihost_utils.process_allgather(np.asarray([longest, most, batches], np.int64))
+      longest, most, batches = (int(v) for v in np.asarray(agreed).reshape(-1, 3).max(axis=0))
+      length = length or self._padded(longest, extra_tokens)
+      num_images = most if num_images < 0 else num_images
+    if longest + extra_tokens > self.max_len:
+      raise ValueError(f"a prompt of {longest} tokens + {extra_tokens} new tokens exceeds "
+                       f"model.decoder.max_len={self.max_len}; use fewer shots or a shorter prompt")
+    if length and longest > length:
+      raise ValueError(f"a prompt of {longest} tokens does not fit the fixed length {length}")
+    if num_images >= 0 and most > num_images:
+      raise ValueError(f"a prompt has {most} images, more than the fixed {num_images} per row")
+    return length, num_images, batches
+
+  def _padded(self, longest: int, extra_tokens: int) -> int:
+    """The padded length for prompts of up to `longest` tokens: a multiple of
+    `length_multiple`, but never past max_len - extra_tokens."""
+    return min(prompt_lib.round_up(longest, self.length_multiple), self.max_len - extra_tokens)
+
   def _chunks(self, encoded: Sequence[prompt_lib.Encoded], batch_size: int, length: int = 0,
-              num_images: int = -1):
+              num_images: int = -1, extra_tokens: int = 0):
     """(indices, padded batch) groups of prompts of similar length. `length` / `num_images`
-    fix P / M for every batch (multi-process runs need identical shapes on all hosts)."""
+    fix P / M for every batch; `extra_tokens` must fit after P (new tokens). With several
+    processes, hosts with fewer batches run padding-only ones (empty indices)."""
     batch_size = prompt_lib.round_up(max(1, batch_size), self.row_multiple)
+    length, num_images, batches = self._shapes(encoded, batch_size, length, num_images,
+                                               extra_tokens)
+    if num_images < 0:
+      num_images = max((len(e.images) for e in encoded), default=0)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].tokens))
-    most_images = max((len(e.images) for e in encoded), default=0)
-    if num_images >= 0:
-      most_images = num_images
-    for start in range(0, len(order), batch_size):
-      idx = order[start:start + batch_size]
-      group = [encoded[i] for i in idx]
-      padded = length or prompt_lib.round_up(max(len(e.tokens) for e in group),
-                                             self.length_multiple)
+    filler = prompt_lib.Encoded([self.tok.pad_id], [])
+    for n in range(batches):
+      idx = order[n * batch_size:(n + 1) * batch_size]
+      group = [encoded[i] for i in idx] or [filler]
+      padded = length or self._padded(max(len(e.tokens) for e in group), extra_tokens)
       batch = prompt_lib.collate(group, image_size=self.image_size, pad_id=self.tok.pad_id,
-                                 length=padded, num_images=most_images, batch_size=batch_size)
+                                 length=padded, num_images=num_images, batch_size=batch_size)
       yield idx, batch
 
   # --------------------------------------------------------------------------- generate
@@ -155,12 +191,8 @@ class Engine:
     encoded = [self.encode(p) for p in prompts]
     results: list[Generation | None] = [None] * len(encoded)
     rng = jax.random.PRNGKey(seed)
-    for chunk, (idx, batch) in enumerate(self._chunks(encoded, batch_size, length, num_images)):
-      if batch["tokens"].shape[1] + max_new_tokens > self.max_len:
-        longest = max(len(encoded[i].tokens) for i in idx)
-        raise ValueError(f"prompt of {longest} tokens (padded to {batch['tokens'].shape[1]}) + "
-                         f"max_new_tokens={max_new_tokens} exceeds model.decoder.max_len="
-                         f"{self.max_len}; use fewer shots or a shorter prompt")
+    for chunk, (idx, batch) in enumerate(self._chunks(encoded, batch_size, length, num_images,
+                                                      extra_tokens=max_new_tokens)):
       device_batch = self._put(batch)
       if num_beams > 1:
         out = self._get(self.beam_fn(self.state, device_batch, options=options))
@@ -215,9 +247,6 @@ class Engine:
     out: list[list[tuple[float, float]]] = [[(0.0, 0.0)] * len(c) for c in candidates]
     options = self._options()
     for idx, batch in self._chunks(rows, batch_size, length, num_images):
-      if batch["tokens"].shape[1] > self.max_len:
-        raise ValueError(f"a prompt + candidate of {batch['tokens'].shape[1]} padded tokens "
-                         f"exceeds model.decoder.max_len={self.max_len}")
       starts = np.ones((batch["tokens"].shape[0],), np.int32)
       for row, i in enumerate(idx):
         starts[row] = owners[i][2]
