@@ -23,11 +23,8 @@ thread per source, so it uses one core like the plain Pillow loop it is compared
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
 import os
-import platform
 import time
 from typing import Any
 
@@ -37,6 +34,7 @@ from PIL import Image
 
 from kosmos import configs
 from kosmos import defaults
+from kosmos.bench import report
 from kosmos.data import images as images_lib
 from kosmos.data import pipeline, records
 
@@ -200,15 +198,12 @@ def main(argv: list[str] | None = None) -> int:
   for s in sources.values():
     if s["kind"] != "text":
       blobs += _image_bytes(s["path"], 64)
-  result: dict[str, Any] = {
-      "command": "python -m kosmos.bench.data " + " ".join(argv if argv is not None else
-                                                             __import__("sys").argv[1:]),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or ''}",
+  result: dict[str, Any] = report.environment("kosmos.bench.data", argv)
+  result.update({
       "image_size": image_size, "tokens_per_image": tokens_per_image, "seq_len": data.seq_len,
       "batch_size": data.global_batch_size, "max_images_per_row": data.max_images_per_row,
       "workers": "in-process (1 worker, 1 decode thread per source)",
-  }
+  })
   if blobs:
     result["raw_decode_resize_images_per_s"] = round(raw_decode_rate(blobs, image_size,
                                                                      args.seconds), 2)
@@ -231,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if image_sources:
       result["pipeline_vs_raw"] = round(image_sources[0] /
                                         result["raw_decode_resize_images_per_s"], 3)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(json.dumps(result, indent=1))
+  report.write(result, args.out)
   return 0
 
 

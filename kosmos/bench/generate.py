@@ -17,12 +17,7 @@ the full length). Reported, as medians over `--repeats` timed runs after one com
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -31,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from kosmos import configs
+from kosmos.bench import report
 from kosmos.infer import cache as cache_lib
 from kosmos.infer import generate as generate_lib
 from kosmos.model import multimodal
@@ -101,10 +97,7 @@ def run(config, *, batch_sizes=(1, 8), prompt_len: int = 128, new_tokens: int = 
                      one_token_s=t_one, prefill_tokens_per_s=b * prompt_len / t_prefill,
                      decode_tokens_per_s=b / t_step, decode_ms_per_step=1e3 * t_step))
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  return dict(benchmark="generate", params=int(params), results=rows,
-              device=str(jax.devices()[0].device_kind), num_devices=jax.device_count(),
-              platform=platform.platform(), cpu_count=os.cpu_count(),
-              date=datetime.date.today().isoformat(), jax=jax.__version__)
+  return dict(benchmark="generate", params=int(params), results=rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,14 +112,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="JSON file to write")
   args = parser.parse_args(argv)
   config = configs.load(args.config)
-  result = run(config, batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
-               prompt_len=args.prompt_len, new_tokens=args.new_tokens, num_images=args.images,
-               repeats=args.repeats)
-  result["command"] = "python -m kosmos.bench.generate " + " ".join(
-      argv if argv is not None else sys.argv[1:])
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(json.dumps(result, indent=1))
+  result = report.environment("kosmos.bench.generate", argv)
+  result.update(run(config, batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                    prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                    num_images=args.images, repeats=args.repeats))
+  report.write(result, args.out)
   return 0
 
 
