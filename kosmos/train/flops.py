@@ -11,7 +11,10 @@ trainable layers. For T = batch * seq_len decoder tokens:
 
 Trainable layers count 3 units, frozen ViT layers 1 (forward only: no weight gradients,
 and nothing trainable lies before them, so no activation gradients either). Padding
-tokens and padding images count, since they are computed. MFU = model FLOPs / (step time
+tokens and padding images count, since they are computed. A frozen decoder (LoRA, or an
+LM frozen under a trained connector) still counts 3 units: its activation gradients are
+needed, its weight gradients (1 unit) are not, so MFU then reads up to 1.5x high on the
+decoder's share. MFU = model FLOPs / (step time
 * peak FLOP/s per device * devices), as PaLM and MaxText define it.
 """
 
