@@ -1,0 +1,67 @@
+"""LLaVA-1.5 7B (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning").
+
+CLIP ViT-L/14 at 336 px (penultimate layer, 576 patch tokens, frozen) -> 2-layer GELU MLP
+1024 -> 4096 -> 4096 -> Vicuna-7B v1.5 (Llama-2-7B shape: 32 layers, d 4096, 6.74B).
+The model is configs/palme.py at 336 px, in transformers' LlavaForConditionalGeneration
+layout, but `kosmos-export --format hf` refuses it as is: the image slot id (32000, one past
+Vicuna's vocabulary) must be an in-vocabulary image_token_index for transformers (llava-hf
+pads the vocabulary to 32064; kosmos cannot resize it yet). `--format params` works.
+
+    kosmos-import --format hf --lm DIR/vicuna-7b-v1.5 --vision DIR/clip-vit-large-patch14-336 \
+        --connector mlp --config configs/recipes/llava.py:stage1 --out /tmp/llava_init
+    # Stage 1, feature alignment: only the connector trains.
+    kosmos-train --config configs/recipes/llava.py:stage1,/tmp/llava_init \
+        --workdir gs://BUCKET/llava_stage1
+    # Stage 2, visual instruction tuning: connector + LM train, the ViT stays frozen.
+    kosmos-train --config configs/recipes/llava.py:stage2,gs://BUCKET/llava_stage1 \
+        --config.tokenizer.path=/tmp/llava_init/tokenizer.model --workdir gs://BUCKET/llava_stage2
+    kosmos-export --workdir gs://BUCKET/llava_stage2 --format params --out /tmp/llava_params
+
+`arg`: "stage1" | "stage2", optionally ",INIT_DIR" (sets train.init_from and
+tokenizer.path=INIT_DIR/tokenizer.model; a training workdir holds no tokenizer, hence the
+explicit --config.tokenizer.path in stage 2).
+
+The paper's hyper-parameters (both stages one epoch, cosine, 3 % warm-up, no weight decay,
+AdamW (0.9, 0.999), HF Trainer's grad-norm clip 1.0):
+    stage 1: LCS-558K BLIP-captioned pairs, batch 256, lr 1e-3 -> 2,181 steps
+    stage 2: llava_v1_5_mix665k, batch 128, lr 2e-5 -> 5,198 steps
+Approximations: a batch row holds one image (`max_images_per_row=1`), so 256 / 128 rows are
+256 / 128 samples, but stage-2 rows may also pack a text-only conversation next to it
+(LLaVA pads instead). The loss covers every text token: LLaVA masks the human turns and
+the system prompt, which the kosmos pipeline cannot yet (records have no roles), and
+data/prepare.py has no converter for LLaVA's conversation JSON (write the image and the
+rendered conversation as a `pair` record). Stage 2's mixture is given by token share, not
+by sample count as LLaVA's shuffled list.
+"""
+
+import os
+
+from kosmos import configs
+
+_stitch = configs.load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_stitch.py"))
+
+STEPS = {"stage1": 2181, "stage2": 5198}  # one epoch: 558,128 / 256 and 665,298 / 128
+
+
+def get_config(arg=None):
+  stage, init_dir = _stitch.parse_arg(arg)
+  config = _stitch.llama7b(init_dir)
+  config.model.vision.image_size = 336  # clip-vit-large-patch14-336: 24 x 24 = 576 tokens
+  steps = STEPS[stage]
+  config.optim.update(decay="cosine", warmup_steps=round(0.03 * steps), end_lr_fraction=0.0,
+                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+  config.train.update(steps=steps, checkpoint_every=500, keep=2, keep_every=0)
+  if stage == "stage1":
+    _stitch.train_only(config, r"^connector\.")
+    config.optim.peak_lr = 1e-3
+    config.data.update(seq_len=1024, global_batch_size=256, max_images_per_row=1)
+    config.data.sources = _stitch.sources(
+        pretrain=("pair", "gs://BUCKET/records/llava_pretrain_558k", 1.0))
+  else:
+    _stitch.train_only(config, ".*", frozen=(r"^vision\.",))
+    config.optim.peak_lr = 2e-5
+    config.data.update(seq_len=2048, global_batch_size=128, max_images_per_row=1)
+    config.data.sources = _stitch.sources(
+        instruct=("pair", "gs://BUCKET/records/llava_mix665k_image", 0.9),
+        text=("text", "gs://BUCKET/records/llava_mix665k_text", 0.1))  # ShareGPT 40K
+  return config
