@@ -1,7 +1,7 @@
 """PaLM-E-style 7B: a pretrained Llama-2-7B decoder reading CLIP ViT-L/14 features via an MLP.
 
 Start from pretrained weights (PaLM-E, Driess et al. 2023, starts from a pretrained LM and
-ViT; this is its 7B-scale analogue, in the LLaVA-1.5 layout so `kosmos-export` can write it):
+ViT; this is its 7B-scale analogue, with LLaVA-1.5's parameter layout):
 
     kosmos-import --format hf --lm DIR/Llama-2-7b-hf --vision DIR/clip-vit-large-patch14 \
         --connector mlp --config configs/palme.py --out /tmp/palme_init
@@ -20,7 +20,10 @@ at 224 px (0.30B), penultimate layer, 256 patch tokens (no class token), frozen.
 2-layer GELU MLP 1024 -> 4096 -> 4096 (21M), fresh. 7.06B parameters in all; the LM and the
 connector train (PaLM-E trains end to end; set --config.optim.frozen='()' for that).
 Image spans hold 256 slot tokens; the slot id is 32000, one past the Llama vocabulary, so
-every Llama token stays a text token (slots are never embedded).
+every Llama token stays a text token (slots are never embedded). For the same reason
+`kosmos-export --format hf` refuses this config (transformers' LLaVA needs an in-vocabulary
+image token; llava-hf pads the vocabulary to 32064): export with `--format params`, or start
+from an imported llava-hf checkpoint (vocabulary 32064, slot 32000), which exports both ways.
 
 Compute in bfloat16 with float32 master weights and AdamW moments, full remat in the decoder
 (the ViT is frozen and first, so it needs no backward pass and no remat). Mesh: all chips
