@@ -60,7 +60,12 @@ class AttentionPool(nnx.Module):
   def __init__(self, config, vision_width: int, d_model: int, *, rngs: nnx.Rngs):
     kw = dict(dtype=layers.dtype_of(config.dtype), param_dtype=layers.dtype_of(config.param_dtype),
               rngs=rngs)
-    self.dense = layers.dense(vision_width, d_model, ("embed", "mlp"), **kw)
+    # Optional config key init_std (default 0.02). Kosmos-2 L2-normalises the ViT features,
+    # so at 0.02 the image-dependent part of the pooled tokens is ~25x smaller than a token
+    # embedding at init (configs/demo.py) and images barely reach the decoder for hundreds
+    # of steps; a from-scratch ViT wants a larger value (configs/demo.py uses 0.5).
+    self.dense = layers.dense(vision_width, d_model, ("embed", "mlp"),
+                              std=config.get("init_std", 0.02), **kw)
     self.latent_query = nnx.Param(
         nnx.initializers.normal(1.0)(rngs.params(), (config.num_tokens, d_model),
                                      layers.dtype_of(config.param_dtype)),
