@@ -152,3 +152,29 @@ def test_demo_full_binding_improves_with_shots(full):
   binding = _by_shots(full["results"]["binding"])
   assert 35.0 <= binding[0] <= 65.0, binding
   assert binding[4] > binding[0] + 10.0, binding
+
+
+@pytest.mark.parametrize("init_std, low, high", [(None, 0.5, 2.0), (0.02, 0.0, 0.05)])
+def test_demo_connector_init_lets_images_through(init_std, low, high):
+  """At init, how much the demo's image tokens vary between images (their image-dependent
+  part), relative to a token embedding: configs/demo.py's connector init_std (0.5) makes it
+  comparable; the library default 0.02 on the L2-normalised Kosmos-2 features makes it
+  ~25x smaller, and the images then go unused for hundreds of steps (docs/performance.md)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from kosmos import configs
+  from kosmos.data import shapes_world as sw
+  from kosmos.model import multimodal
+  config = configs.load(f"{demo.CONFIG_FILE}:/nonexistent")
+  if init_std is not None:
+    config.model.connector.init_std = init_std
+  model = multimodal.Multimodal(config.model, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  images = np.stack([np.asarray(sw.render_scene(sw.sample_scene(rng), 32)) for _ in range(32)])
+  v = config.model.vision
+  x = (images / 255.0 - np.asarray(v.pixel_mean)) / np.asarray(v.pixel_std)
+  embeds = np.asarray(model.embed_images(jnp.asarray(x, jnp.float32)[None]))[0]  # [32, n, d]
+  tokens = np.asarray(model.decoder.embed(jnp.arange(256)))  # [256, d]
+  ratio = np.linalg.norm(embeds.std(0), axis=-1).mean() / np.linalg.norm(tokens, axis=-1).mean()
+  assert low <= ratio <= high, ratio  # measured 0.85 (demo, 0.5) and 0.034 (0.02)
