@@ -32,7 +32,7 @@ from kosmos.data.convert import shapes
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(pairs=40, pages=30, texts=20, coco_train=6, coco_val=2, coco_test=10,
              vqa_train=4, vqa_val=10, questions_per_image=3, binding_episodes=10,
-             text_binding_fraction=0.5, records_per_shard=16)
+             records_per_shard=16)
 KINDS = ("pair", "interleaved", "text")
 
 # ---------------------------------------------------------------------------- pixel detector
@@ -286,15 +286,15 @@ def test_interleaved_pages_are_true_of_their_pixels(worlds):
     assert 1 <= len(images) <= shapes.Config().max_images_per_page
     seen.add(meta["page"])
     if meta["page"] == "binding":
-      assert meta["attribute"] == "kind" and 3 <= meta["images"] == len(images)
-      kinds = {w: tuple(k) for w, k in meta["bindings"].items()}
-      assert len(kinds) == 2 and set(kinds) <= set(sw.BINDING_WORDS)
-      (s0, c0), (s1, c1) = kinds.values()
-      assert s0 != s1 and c0 != c1  # the two kinds differ in shape and in colour
+      bound: dict[str, set] = {}
       for k in range(0, len(segments), 2):
         (obj,) = detect(_pixels(segments[k]["image"]))
-        word = re.fullmatch(r"This is a (\w+)\.", segments[k + 1]["text"])[1]
-        assert (obj["shape"], obj["colour"], obj["size"]) == kinds[word] + ("large",), (obj, word)
+        word = re.search(r"(?:This is a|This colour is) (\w+)\.$", segments[k + 1]["text"])[1]
+        bound.setdefault(word, set()).add(obj[meta["attribute"]])
+      assert all(len(v) == 1 for v in bound.values()), bound  # one value per word
+      assert len({next(iter(v)) for v in bound.values()}) == len(bound)  # one word per value
+      assert {w: next(iter(v)) for w, v in bound.items()} == meta["bindings"]
+      assert segments[-1]["text"].startswith("Question: What ")
     for k, seg in enumerate(segments):
       if "image" not in seg or meta["page"] == "binding":
         continue
@@ -309,18 +309,9 @@ def test_interleaved_pages_are_true_of_their_pixels(worlds):
 
 def test_text_documents(worlds):
   docs = list(records.read_dir(os.path.join(worlds["a"], "records", "text")))
-  assert {r["meta"]["doc"] for r in docs} == {"facts", "binding"}
   for r in docs:
     (seg,) = r["segments"]
     assert seg["text"].endswith(".") and len(seg["text"].split(". ")) >= 3
-    if r["meta"]["doc"] == "binding":  # "<colour> <shape>. This is a <word>." x 4..12
-      items = re.findall(r"(\w+) (\w+)\. This is a (\w+)\.", seg["text"])
-      assert 4 <= len(items) <= 12 and " ".join(
-          f"{c} {sh}. This is a {w}." for c, sh, w in items) == seg["text"]
-      names = {(c, sh): w for c, sh, w in items}
-      assert len(set(names.values())) == len(names) <= 2  # one word per kind, per kind a word
-      assert set(names.values()) <= set(sw.BINDING_WORDS)
-      assert all(c in sw.COLOURS and sh in sw.SHAPES for c, sh in names)
 
 
 def test_coco_karpathy_layout_and_references_true_of_pixels(worlds):
@@ -389,18 +380,13 @@ def test_binding_episodes(worlds):
     kinds: dict[str, set] = {}
     for s in support:
       (obj,) = detect(_pixels(open(os.path.join(root, s["image"]), "rb").read()))
-      kinds.setdefault(s["label"], set()).add((obj["shape"], obj["colour"], obj["size"]))
-    assert all(len(v) == 1 for v in kinds.values()), kinds  # same word => same kind
-    (a,), (b,) = kinds[ep["choices"][0]], kinds[ep["choices"][1]]
-    assert a[0] != b[0] and a[1] != b[1] and a[2] == b[2] == "large"  # differ in shape, colour
+      kinds.setdefault(s["label"], set()).add(obj["shape"])
+    assert all(len(v) == 1 for v in kinds.values()), kinds  # same word => same shape kind
+    assert kinds[ep["choices"][0]] != kinds[ep["choices"][1]]  # different words, kinds
     (query,) = detect(_pixels(open(os.path.join(root, ep["query"]["image"]), "rb").read()))
-    word = ep["choices"][ep["label"]]
-    assert kinds[word] == {(query["shape"], query["colour"], "large")}
-    assert ep["bindings"][word] == {"shape": query["shape"], "colour": query["colour"]}
-    assert (ep["query_shape"], ep["query_colour"]) == (query["shape"], query["colour"])
-  assert set(words) <= set(sw.BINDING_WORDS)
-  pairings = {tuple(sorted((w, v["colour"]) for w, v in ep["bindings"].items())) for ep in episodes}
-  assert len(pairings) == len(episodes)  # word-kind pairings drawn afresh per episode
+    assert kinds[ep["choices"][ep["label"]]] == {query["shape"]}
+    assert ep["bindings"][ep["choices"][ep["label"]]] == query["shape"]
+  assert len(set(words)) == len(words)  # every episode binds new nonce words
   assert [ep["label"] for ep in episodes].count(0) == len(episodes) // 2
 
 
@@ -445,18 +431,15 @@ def test_rendering_and_texts_are_deterministic():
 
 def test_nonce_words_avoid_world_words():
   words = sw.all_nonce_words()
-  world = set(" ".join([*sw.SHAPES, *sw.COLOURS, *sw.SIZES, *sw.POSITIONS, *sw.BACKGROUNDS,
-                        *sw.NUMBER_WORDS, *sw.SIZE_SYNONYMS.values()]).split())
+  world = set(" ".join([*sw.SHAPES, *sw.COLOURS, *sw.SIZES, *sw.POSITIONS]).split())
   assert len(words) == len(set(words)) > 1000 and not world & set(words)
-  fixed = sw.BINDING_WORDS
-  assert len(fixed) == len(set(fixed)) == 16 and not (world | set(words)) & set(fixed)
 
 
 @pytest.mark.parametrize("flags, message", [
     ({"image_size": 15}, "--image-size 15"),
     ({"pairs": -1}, "--pairs -1"),
     ({"max_images_per_page": 2}, "--max-images-per-page 2"),
-    ({"text_binding_fraction": 1.5}, "--text-binding-fraction 1.5"),
+    ({"binding_episodes": 10_000}, "--binding-episodes 10000"),
 ])
 def test_bad_flags_are_named(tmp_path, flags, message):
   with pytest.raises(ValueError, match=re.escape(message)):

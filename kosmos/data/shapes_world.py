@@ -21,7 +21,6 @@ Text produced here (the formats a model trained on this world sees, see `TEMPLAT
   captions        "a large red circle at the top left", "two small blue squares"
   questions       "what colour is the circle?" -> "red"; "how many squares are there?" -> "2"
   binding         Frozen-style fast binding with nonce words: "This is a dax." after an image
-                  of one object kind (shape + colour) that "dax" names on that page only
   facts           text-only statements: "a triangle has three corners."
 """
 
@@ -62,13 +61,7 @@ SCENE_KINDS = ("single", "group", "mixed")
 SCENE_KIND_PROBS = (0.4, 0.3, 0.3)
 SUPERSAMPLE = 4
 MAX_SHADE = 12  # background brightness jitter: more distinct images, same descriptions
-# Fast-binding words: a small fixed set of short nonce words (Frozen's "dax" style) that the
-# demo's 512-piece BPE tokenizer keeps as ONE piece each, so binding is a one-token copy.
-# Every episode pairs two of them with object kinds at random, so the set being small and
-# fixed tells nothing about which word names what.
-BINDING_WORDS = ("dax", "wug", "fep", "zib", "tove", "blick", "mog", "kiv", "lorp", "nim",
-                 "pex", "sud", "vob", "yat", "gok", "jeb")
-# Other nonce words (text facts) are two syllables and a coda: "bli"+"ka"+"x" = "blikax".
+# Nonce words are two syllables and a coda: "bli"+"ka"+"x" = "blikax".
 SYLLABLES = ("ba", "bli", "da", "fe", "glo", "ki", "lu", "mo", "ne", "po", "ru", "sa",
              "ti", "vo", "wu", "zi")
 CODAS = ("", "x", "p", "k", "t", "m", "n")
@@ -78,7 +71,10 @@ TEMPLATES = {
     "pair": "[image] {caption}  (bare caption, no final period)",
     "gallery_page": "{title} [image] {caption}. [image] {caption}. ...",
     "quiz_page": "[image] Question: {question} Answer: {answer}. ...",
-    "binding_page": "[image] This is a {word}. [image] This is a {word}. ...",
+    "binding_shape_support": "[image] This is a {word}.",
+    "binding_shape_query": "[image] Question: What is this? Answer: This is a {word}.",
+    "binding_colour_support": "[image] This colour is {word}.",
+    "binding_colour_query": "[image] Question: What colour is this? Answer: This colour is {word}.",
 }
 
 
@@ -172,34 +168,11 @@ def _shade(rng: np.random.Generator) -> int:
 
 
 def single_scene(rng: np.random.Generator, *, shape: str | None = None,
-                 colour: str | None = None, size: str | None = None,
-                 background: str | None = None) -> Scene:
-  """One object at a random cell on a (random) background (binding episodes use these)."""
-  background = background or tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+                 colour: str | None = None) -> Scene:
+  """One object at a random cell on a random background (binding episodes use these)."""
+  background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
   cell = int(rng.integers(len(POSITIONS)))
-  return Scene(background, (sample_object(rng, cell, shape=shape, colour=colour, size=size),),
-               _shade(rng))
-
-
-def binding_kinds(rng: np.random.Generator, ways: int) -> list[tuple[str, str]]:
-  """`ways` object kinds (shape, colour) for a binding episode: shapes pairwise different and
-  colours pairwise different, so the kinds differ in both (colour alone tells them apart)."""
-  if not 2 <= ways <= min(len(SHAPES), len(COLOURS)):
-    raise ValueError(f"ways {ways} must be in [2, {min(len(SHAPES), len(COLOURS))}]")
-  colours = tuple(COLOURS)
-  return [(SHAPES[s], colours[c]) for s, c in zip(rng.choice(len(SHAPES), ways, replace=False),
-                                                   rng.choice(len(colours), ways, replace=False))]
-
-
-def kind_scene(rng: np.random.Generator, kind: tuple[str, str], background: str) -> Scene:
-  """A binding image: one large object of `kind` = (shape, colour) at a random cell on
-  `background` (an episode keeps one background, so the object is what differs)."""
-  return single_scene(rng, shape=kind[0], colour=kind[1], size="large", background=background)
-
-
-def binding_background(rng: np.random.Generator) -> str:
-  """The one background of a binding episode."""
-  return tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+  return Scene(background, (sample_object(rng, cell, shape=shape, colour=colour),), _shade(rng))
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -432,13 +405,6 @@ def all_nonce_words() -> tuple[str, ...]:
   return tuple(sorted(words - reserved))
 
 
-def binding_words(rng: np.random.Generator, n: int) -> list[str]:
-  """n distinct words of BINDING_WORDS, in random order."""
-  if not 1 <= n <= len(BINDING_WORDS):
-    raise ValueError(f"{n} binding words asked for; BINDING_WORDS has {len(BINDING_WORDS)}")
-  return [BINDING_WORDS[i] for i in rng.choice(len(BINDING_WORDS), size=n, replace=False)]
-
-
 def nonce_words(rng: np.random.Generator, n: int) -> list[str]:
   """n distinct nonce words."""
   words = all_nonce_words()
@@ -486,15 +452,6 @@ def fact_sentences(rng: np.random.Generator, n: int) -> list[str]:
     else:
       sentences.append(f"the colours are {_join(colours)}. the shapes are {_join(SHAPES)}.")
   return sentences
-
-
-def binding_text(rng: np.random.Generator, n: int) -> str:
-  """A text-only binding document (the copy the image episodes need, with the object kind
-  named in words instead of shown): n items "<colour> <shape>. This is a <word>." over two
-  kinds (`binding_kinds`) and two words (`binding_words`) paired for this document only."""
-  kinds, words = binding_kinds(rng, 2), binding_words(rng, 2)
-  labels = rng.integers(2, size=n)
-  return " ".join(f"{kinds[k][1]} {kinds[k][0]}. This is a {words[k]}." for k in labels)
 
 
 def _relation(a: int, b: int) -> str:

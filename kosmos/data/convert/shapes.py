@@ -61,7 +61,6 @@ class Config:
   image_size: int = 48
   max_images_per_page: int = 5
   binding_fraction: float = 0.5
-  text_binding_fraction: float = 0.0
   coco_train: int = 200
   coco_val: int = 50
   coco_test: int = 300
@@ -83,9 +82,8 @@ class Config:
     if self.max_images_per_page < 3:
       raise ValueError(f"--max-images-per-page {self.max_images_per_page} must be >= 3 "
                        "(a binding episode needs two supports and a query)")
-    for name in ("binding_fraction", "text_binding_fraction"):
-      if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be in [0, 1]")
+    if not 0 <= self.binding_fraction <= 1:
+      raise ValueError(f"--binding-fraction {self.binding_fraction} must be in [0, 1]")
     if self.questions_per_image < 1 or self.records_per_shard < 1:
       raise ValueError("--questions-per-image and --records-per-shard must be >= 1")
 
@@ -132,22 +130,30 @@ def pair_record(i: int, rng: np.random.Generator, maker: ImageMaker) -> dict[str
 
 def binding_segments(rng: np.random.Generator, maker: ImageMaker,
                      max_images: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """A fast-binding page (Frozen): two words of `sw.BINDING_WORDS` name two object kinds
-  (shape + colour, `sw.binding_kinds`) on this page only.
+  """A fast-binding episode (Frozen): nonce words bound to shapes (3/4) or colours (1/4).
 
-  3..max_images images, each "[image] This is a <word>." with the word drawn uniformly per
-  image, so from the second image of a kind on its word is predictable only by finding the
-  earlier image of that kind on the page (the in-context copy the binding eval measures)."""
-  kinds = sw.binding_kinds(rng, 2)
-  words = sw.binding_words(rng, 2)
-  background = sw.binding_background(rng)
-  labels = [int(k) for k in rng.integers(2, size=int(rng.integers(3, max_images + 1)))]
+  2-way (or 3-way when it fits, 1 in 5), 1..floor((max_images-1)/ways) shots, one query."""
+  attribute = "shape" if rng.random() < 0.75 else "colour"
+  ways = 3 if max_images >= 4 and rng.random() < 0.2 else 2
+  shots = int(rng.integers(1, (max_images - 1) // ways + 1))
+  pool = sw.SHAPES if attribute == "shape" else tuple(sw.COLOURS)
+  values = [pool[j] for j in rng.choice(len(pool), size=ways, replace=False)]
+  words = sw.nonce_words(rng, ways)
+  order = [int(k) for _ in range(shots) for k in rng.permutation(ways)]
+  query = int(rng.integers(ways))
   segments: list[dict[str, Any]] = []
-  for k in labels:
-    _, png = maker.png(lambda: sw.kind_scene(rng, kinds[k], background))
-    segments += [{"image": png}, {"text": f"This is a {words[k]}."}]
-  meta = {"page": "binding", "attribute": "kind", "ways": 2, "images": len(labels), "background": background,
-          "bindings": {w: list(kind) for w, kind in zip(words, kinds)}}
+  for n, k in enumerate(order + [query]):
+    attrs = {attribute: values[k]}
+    _, png = maker.png(lambda: sw.single_scene(rng, **attrs))
+    if attribute == "shape":
+      text = (f"This is a {words[k]}." if n < len(order)
+              else f"Question: What is this? Answer: This is a {words[k]}.")
+    else:
+      text = (f"This colour is {words[k]}." if n < len(order)
+              else f"Question: What colour is this? Answer: This colour is {words[k]}.")
+    segments += [{"image": png}, {"text": text}]
+  meta = {"page": "binding", "attribute": attribute, "ways": ways, "shots": shots,
+          "bindings": dict(zip(words, values))}
   return segments, meta
 
 
@@ -175,15 +181,10 @@ def page_record(i: int, rng: np.random.Generator, maker: ImageMaker, *, max_imag
           "segments": segments, "meta": meta}
 
 
-def text_record(i: int, rng: np.random.Generator, binding_fraction: float = 0.0
-                ) -> dict[str, Any]:
-  """Facts, or (a `binding_fraction` share) a text-only binding document."""
-  if rng.random() < binding_fraction:
-    text, meta = sw.binding_text(rng, int(rng.integers(4, 13))), {"doc": "binding"}
-  else:
-    text, meta = " ".join(sw.fact_sentences(rng, int(rng.integers(3, 9)))), {"doc": "facts"}
+def text_record(i: int, rng: np.random.Generator) -> dict[str, Any]:
+  text = " ".join(sw.fact_sentences(rng, int(rng.integers(3, 9))))
   return {"id": f"{SOURCE}-text-{i:07d}", "source": SOURCE, "kind": "text",
-          "segments": [{"text": text}], "meta": meta}
+          "segments": [{"text": text}], "meta": {}}
 
 
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
         record = page_record(i, rng, maker, max_images=config.max_images_per_page,
                              binding_fraction=config.binding_fraction)
       else:
-        record = text_record(i, rng, config.text_binding_fraction)
+        record = text_record(i, rng)
       writer.write(record)
   info = records.ShardInfo(name=os.path.basename(task["path"]),
                            records=task["stop"] - task["start"], bytes=writer.bytes,
@@ -287,7 +288,7 @@ def world_summary(config: Config, eval_counts: dict[str, Any],
       "max_objects": sw.MAX_OBJECTS,
       "scene_kinds": dict(zip(sw.SCENE_KINDS, sw.SCENE_KIND_PROBS)),
       "nonce": {"syllables": list(sw.SYLLABLES), "codas": list(sw.CODAS),
-                "words": len(sw.all_nonce_words()), "binding_words": list(sw.BINDING_WORDS)},
+                "words": len(sw.all_nonce_words())},
       "templates": sw.TEMPLATES,
       "records": {kind: {"records": m["records"], "kinds": m["kinds"], "dropped": m["dropped"],
                          "path": f"records/{kind}"} for kind, m in manifests.items()},
@@ -310,7 +311,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     ">= 11 px (at 32 px small stars blur into circles)",
       "max_images_per_page": "images per interleaved page at most (data.max_images_per_doc)",
       "binding_fraction": "share of interleaved pages that are fast-binding episodes",
-      "text_binding_fraction": "share of text documents that are text-only binding documents",
       "coco_train": "COCO-layout images in split 'train' (few-shot demonstrations)",
       "coco_val": "COCO-layout images in split 'val'",
       "coco_test": "COCO-layout images in split 'test' (queries)",
