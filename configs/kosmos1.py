@@ -33,7 +33,10 @@ def get_config(arg=None):
                                            decoder=decoder_config)
   # The paper's batch is ~1.2M tokens (586 rows of 2048); 512 rows = 1.05M tokens divide
   # evenly over pod meshes. Use --config.data.global_batch_size=576 for 1.18M on 64/192 chips.
-  config.data.update(seq_len=2048, global_batch_size=512, max_images_per_row=8)
+  # Images: the 5:5:2 mix puts ~5.7k images in a 1.05M-token step (pairs of ~85 tokens:
+  # 64 slots + caption), ~11 per row on average; 16 slots per row leave room for rows the
+  # packer fills with pairs (a pair-only row holds ~24; docs/performance.md, data pipeline).
+  config.data.update(seq_len=2048, global_batch_size=512, max_images_per_row=16)
   config.data.sources = ml_collections.ConfigDict({
       "text": dict(path="gs://BUCKET/records/text", kind="text", weight=0.5 / 1.2),
       "pair": dict(path="gs://BUCKET/records/pair", kind="pair", weight=0.5 / 1.2),
