@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
     python -m kosmos.demo --out demo_out           # full: measured 8 min 54 s on 2 shared cores
-    python -m kosmos.demo --out demo_out --short   # smaller: 7 min on 2 busy cores, ~3 idle
+    python -m kosmos.demo --out demo_out --short   # smaller: 211 s on 2 cores at load 2-6
 
 Stages, each the real code path a user would run by hand:
 
@@ -72,7 +72,7 @@ class Plan:
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
             binding_episodes=200)
-SHORT = Plan(pairs=6000, pages=3000, texts=600, steps=260, coco_queries=24, vqa_queries=96,
+SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=200, coco_queries=24, vqa_queries=96,
              binding_episodes=100, coco_shots=(0, 4), vqa_shots=(0, 4), binding_shots=(0, 4))
 
 
