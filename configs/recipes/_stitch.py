@@ -72,6 +72,14 @@ def sources(**named: tuple[str, str, float]) -> ml_collections.ConfigDict:
                                     for name, (kind, path, weight) in named.items()})
 
 
+def llava_schedule(config: ml_collections.ConfigDict, steps: int, *, checkpoint_every: int,
+                   keep: int) -> None:
+  """LLaVA's optimiser: AdamW (0.9, 0.999), no weight decay, 3 % warm-up, cosine to 0."""
+  config.optim.update(decay="cosine", warmup_steps=round(0.03 * steps), end_lr_fraction=0.0,
+                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+  config.train.update(steps=steps, checkpoint_every=checkpoint_every, keep=keep, keep_every=0)
+
+
 def train_only(config: ml_collections.ConfigDict, *trainable: str, frozen: tuple[str, ...] = ()) -> None:
   config.optim.trainable = tuple(trainable)
   config.optim.frozen = tuple(frozen)

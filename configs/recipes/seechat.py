@@ -46,10 +46,7 @@ def get_config(arg=None):
   config = _stitch.llama7b(init_dir)
   config.model.connector = connector.default_config("linear")
   config.model.connector.dtype = "bfloat16"
-  steps = STEPS[stage]
-  config.optim.update(decay="cosine", warmup_steps=round(0.03 * steps), end_lr_fraction=0.0,
-                      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0)
-  config.train.update(steps=steps, checkpoint_every=1000, keep=3, keep_every=0)
+  _stitch.llava_schedule(config, STEPS[stage], checkpoint_every=1000, keep=3)
   if stage == "stage1":
     _stitch.train_only(config, r"^connector\.")
     config.optim.peak_lr = 2e-3
