@@ -2,7 +2,7 @@
 
     python -m kosmos.bench.train_step --config configs/demo.py --steps 10 --out train_bench.json
     python -m kosmos.bench.train_step --config configs/kosmos1.py \
-        --config-override data.global_batch_size=8 --steps 3 --out k1_small.json
+        --config.data.global_batch_size=8 --steps 3 --out k1_small.json
 
 The state is created sharded on the config's mesh (all local devices) and randomly
 initialised; batches are synthetic in the pipeline's format with every image slot used
@@ -23,7 +23,6 @@ No data pipeline, no checkpointing, no metrics writing: those are the trainer's 
 from __future__ import annotations
 
 import argparse
-import ast
 import statistics
 import time
 from typing import Any
@@ -119,36 +118,18 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 10) -> dict[str, Any]
   }
 
 
-def _override(config: ml_collections.ConfigDict, text: str) -> None:
-  """`a.b=value` (value a Python literal, else a string) set on `config`."""
-  key, sep, value = text.partition("=")
-  if not sep:
-    raise ValueError(f"--config-override {text!r}: expected key.path=value")
-  try:
-    parsed = ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    parsed = value
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  if leaf not in node:
-    raise ValueError(f"--config-override {text!r}: no field {leaf!r} in config.{'.'.join(parents)}")
-  node[leaf] = parsed
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m kosmos.bench.train_step", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="config file[:arg]")
-  parser.add_argument("--config-override", action="append", default=[], metavar="KEY=VALUE",
-                      help="e.g. data.global_batch_size=8 (repeatable)")
   parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up")
   parser.add_argument("--out", required=True, help="JSON file to write")
-  args = parser.parse_args(argv)
+  args, overrides = parser.parse_known_args(argv)
   config = configs.load(args.config)
-  for text in args.config_override:
-    _override(config, text)
+  try:
+    configs.apply_overrides(config, overrides)  # --config.a.b=v, as kosmos-train takes them
+  except ValueError as e:
+    parser.error(str(e))
   result = report.environment("kosmos.bench.train_step", argv)
   result.update(run(config, steps=args.steps))
   report.write(result, args.out)

@@ -39,7 +39,6 @@ for _key, _value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
-import ast
 import dataclasses
 import datetime
 import importlib.metadata
@@ -419,39 +418,6 @@ def format_table(report: dict[str, Any]) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _parse_value(text: str, current: Any) -> Any:
-  if isinstance(current, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"expected true/false, got {text!r}")
-    return text.lower() in ("true", "1")
-  if isinstance(current, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    if current is None:
-      return text
-    raise ValueError(f"cannot parse {text!r} as {type(current).__name__}") from None
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-  """`--config.a.b=v` flags (as kosmos-train takes them) applied in place, type-checked."""
-  for flag in overrides:
-    match = re.fullmatch(r"--config\.([\w.]+)=(.*)", flag, re.S)
-    if not match:
-      raise ValueError(f"unrecognised argument {flag!r}; overrides look like --config.a.b=value")
-    path, text = match.groups()
-    node = config
-    keys = path.split(".")
-    for key in keys[:-1]:
-      if key not in node:
-        raise ValueError(f"--config.{path}: no section {key!r}; valid: {sorted(node.keys())}")
-      node = node[key]
-    if keys[-1] not in node:
-      raise ValueError(f"--config.{path}: no field {keys[-1]!r}; valid: {sorted(node.keys())}")
-    node[keys[-1]] = _parse_value(text, node[keys[-1]])
-
-
 def _versions() -> dict[str, str]:
   out = {"jax": jax.__version__}
   try:
@@ -471,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     topo = parse_topology(args.topology)
     config = configs.load(args.config)
-    apply_overrides(config, rest)
+    configs.apply_overrides(config, rest)
   except (TopologyError, ValueError, FileNotFoundError, TypeError) as e:
     parser.error(str(e))
   report = compile_report(config, topo)
