@@ -200,6 +200,9 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     cache = (demos_lib.embedding_cache_path(rices_cache_dir, task.name, "own_vision")
              if rices_cache_dir else None)
     rices_selector = demos_lib.Rices(task.train, vision_embed_fn(engine), cache_path=cache)
+    # One selection at the most shots serves every count (the k nearest are the last k of
+    # it), and every process embeds the same (all) queries: identical sharded-model inputs.
+    rices_demos = rices_selector.select(queries, max(shots))
   rows, predictions = [], {}
   total = sum(len(local) * (1 if rices and s > 0 else trials) for s in shots)
   bar = _progress_bar(total, f"{task.name}", show_progress and jax.process_index() == 0)
@@ -212,9 +215,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
       if fixed_demos:
         demos = [task.demos_for(q, k) for q in local]
       elif rices_selector is not None and shot > 0:
-        # Every process embeds the same (all) queries: identical inputs to the sharded model.
-        everyone = rices_selector.select(queries, k)
-        demos = [everyone[i] for i in mine]
+        demos = [rices_demos[i][-k:] for i in mine]  # k = shot > 0
       else:
         random_demos = demos_lib.RandomDemos(task.train, seed=seed + trial)
         demos = [random_demos.select(q, k) for q in local]

@@ -125,9 +125,10 @@ class Engine:
 
   def _shapes(self, encoded: Sequence[prompt_lib.Encoded], batch_size: int, length: int,
               num_images: int, extra_tokens: int) -> tuple[int, int, int]:
-    """(length, num_images, batches) for this call: `length`/`num_images` when fixed (0/-1:
-    per batch), agreed by all processes when there are several (then one length for every
-    batch); raises the same error on every host when a prompt does not fit."""
+    """(length, num_images, batches) for this call: `length` when fixed (0: per batch) and
+    `num_images` when fixed (-1: the most in a prompt), agreed by all processes when there
+    are several (then one length for every batch); raises the same error on every host
+    when a prompt does not fit."""
     longest = max((len(e.tokens) for e in encoded), default=1)
     most = max((len(e.images) for e in encoded), default=0)
     batches = -(-len(encoded) // batch_size)
@@ -136,7 +137,6 @@ class Engine:
       agreed = multihost_utils.process_allgather(np.asarray([longest, most, batches], np.int64))
       longest, most, batches = (int(v) for v in np.asarray(agreed).reshape(-1, 3).max(axis=0))
       length = length or self._padded(longest, extra_tokens)
-      num_images = most if num_images < 0 else num_images
     if longest + extra_tokens > self.max_len:
       raise ValueError(f"a prompt of {longest} tokens + {extra_tokens} new tokens exceeds "
                        f"model.decoder.max_len={self.max_len}; use fewer shots or a shorter prompt")
@@ -144,7 +144,7 @@ class Engine:
       raise ValueError(f"a prompt of {longest} tokens does not fit the fixed length {length}")
     if num_images >= 0 and most > num_images:
       raise ValueError(f"a prompt has {most} images, more than the fixed {num_images} per row")
-    return length, num_images, batches
+    return length, most if num_images < 0 else num_images, batches
 
   def _padded(self, longest: int, extra_tokens: int) -> int:
     """The padded length for prompts of up to `longest` tokens: a multiple of
@@ -159,8 +159,6 @@ class Engine:
     batch_size = prompt_lib.round_up(max(1, batch_size), self.row_multiple)
     length, num_images, batches = self._shapes(encoded, batch_size, length, num_images,
                                                extra_tokens)
-    if num_images < 0:
-      num_images = max((len(e.images) for e in encoded), default=0)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].tokens))
     filler = prompt_lib.Encoded([self.tok.pad_id], [])
     for n in range(batches):
