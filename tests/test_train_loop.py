@@ -74,9 +74,12 @@ def test_eval_every_k_steps_writes_results(data_root, tmp_path):
   _make_coco(str(coco), np.random.default_rng(0))
   config = train_fixture.config(data_root, steps=4, eval_every=2, checkpoint_every=4)
   config.model.decoder.max_len = 512  # byte-level prompts with demonstrations are long
-  config.eval.tasks = ({"task": "coco", "data": str(coco), "shots": (0, 2), "num_queries": 2},)
+  config.eval.tasks = ({"task": "coco", "data": str(coco), "shots": (0, 2), "num_queries": 2,
+                        "options": {"prompt": "A picture of", "separator": "."}},)
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   for step in (2, 4):
     result = json.load(open(tmp_path / "run" / "eval" / str(step) / "coco.json"))
     assert [row["shots"] for row in result["rows"]] == [0, 2]
+    assert result["template"]["prompt"] == "A picture of"  # the task options reach the runner
+    assert result["template"]["separator"] == "."
     assert result["step"] == step and all(np.isfinite(r["mean"]) for r in result["rows"])

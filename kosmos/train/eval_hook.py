@@ -1,7 +1,7 @@
 """Few-shot evaluation from the training loop, every `train.eval_every` steps.
 
-`config.eval.tasks` lists what to run, each as {task, data, shots, num_queries, trials}
-(the `kosmos-eval` flags); results go to DIR/eval/<step>/<task>.json and to TensorBoard
+`config.eval.tasks` lists what to run, each as {task, data, shots, num_queries, trials,
+options} (the `kosmos-eval` flags; `options` = the --task-option pairs); results go to DIR/eval/<step>/<task>.json and to TensorBoard
 as `eval/<task>/<shots>shot`. Every process runs the hook (queries are split between
 processes inside `kosmos.eval.runner.evaluate`).
 """
@@ -38,7 +38,7 @@ class EvalHook:
       result = runner.evaluate(
           self.config, params, spec["task"], spec["data"], tuple(spec.get("shots", (0,))),
           trials=int(spec.get("trials", 1)), num_queries=int(spec.get("num_queries", 0)),
-          mesh=self.mesh, show_progress=False)
+          mesh=self.mesh, show_progress=False, task_options=dict(spec.get("options", {})))
       runner.write_results(dict(result, step=step),
                            os.path.join(self.workdir, "eval", str(step), f"{result['task']}.json"))
       for row in result["rows"]:
