@@ -69,3 +69,57 @@ def test_generate_benchmark_json(tmp_path):
     assert row["prefill_tokens_per_s"] == pytest.approx(row["batch_size"] * 24 / row["prefill_s"])
     assert row["decode_ms_per_step"] == pytest.approx(
         1e3 * max(row["total_s"] - row["one_token_s"], 1e-9) / 3)
+
+
+def test_binding_episodes_bind_each_key_to_one_word_per_episode():
+  from kosmos.bench import binding
+  episodes = binding.Episodes(keys=40, words=16, ways=2, max_shots=4, vocab_size=512)
+  rng = np.random.default_rng(0)
+  for shots in (0, 1, 4):
+    for _ in range(50):
+      tokens, query, right, wrong = episodes.sample(rng, shots)
+      assert query == len(tokens) - 1 == 3 * 2 * shots and right != wrong
+      items = [tokens[i:i + 3] for i in range(0, 3 * 2 * shots, 3)]
+      bound = {k: w for k, w, p in items}
+      assert all(p == episodes.period for *_, p in items) and len(bound) == (2 if shots else 0)
+      assert {bound[k] for k, _, _ in items} == set(bound.values())  # one word per key
+      if shots:
+        assert bound[tokens[query]] == right and wrong in bound.values()
+  batch = episodes.batch(rng, rows=4, seq_len=96)
+  seg, pos = batch["segment_ids"], batch["positions"]
+  for r in range(4):
+    for s in set(seg[r]) - {0}:
+      span = np.flatnonzero(seg[r] == s)
+      assert (np.diff(span) == 1).all() and (pos[r, span] == np.arange(len(span))).all()
+      assert batch["tokens"][r, span[-1]] == episodes.period
+  assert batch["tokens"].max() == episodes.period and (seg > 0).mean() > 0.8
+
+
+def test_binding_benchmark_json(tmp_path):
+  from kosmos.bench import binding
+  out = str(tmp_path / "binding.json")
+  argv = ["--config", f"{CONFIG}:/unused", "--steps", "4", "--eval-every", "2",
+          "--episodes", "8", "--out", out]
+  assert binding.main(argv) == 0
+  with open(out) as f:
+    result = json.load(f)
+  assert [row["step"] for row in result["evaluations"]] == [2, 4]
+  assert set(result["evaluations"][0]["accuracy"]) == {"0", "1", "4"}
+  assert result["horizon"] == 4 and result["command"].startswith("python -m kosmos.bench.binding")
+  with pytest.raises(SystemExit):
+    binding.main(argv[:-2] + ["--keys", "1", "--out", out])
+
+
+@pytest.mark.slow
+def test_binding_forms_in_a_small_decoder(tmp_path):
+  """The copy circuit forms (measured: step ~700 of a 3 000-step schedule, docs/performance.md)."""
+  from kosmos.bench import binding
+  out = str(tmp_path / "binding.json")
+  demo = os.path.join(os.path.dirname(CONFIG), "..", "configs", "demo.py")
+  assert binding.main(["--config", demo, "--steps", "1000", "--horizon", "3000",
+                       "--eval-every", "100", "--config.model.decoder.d_model=64",
+                       "--config.model.decoder.num_layers=2",
+                       "--config.model.decoder.ffn_dim=256", "--out", out]) == 0
+  result = json.load(open(out))
+  last = result["evaluations"][-1]["accuracy"]
+  assert result["formed_at"] is not None and last["4"] >= 80 and abs(last["0"] - 50) < 15
