@@ -93,7 +93,7 @@ def evidence(summary: dict[str, Any]) -> list[str]:
              f"NOT learned: {shots[-1]} shots vs 0 shots differ by {diff:+.1f} points, within "
              f"noise (+-{noise:.1f} at 2 SE for {n} episodes); in-context binding does not "
              "emerge in this training budget")
-  out.append(f"- **Fast binding** (fresh nonce words per episode, chance {CHANCE_BINDING:.0f}%): "
+  out.append(f"- **Fast binding** (nonce words bound to object kinds afresh per episode, chance {CHANCE_BINDING:.0f}%): "
              + ", ".join(f"{s}-shot {bind[s]:.1f}" for s in shots) + f"; {verdict}.")
   return out
 
@@ -129,7 +129,7 @@ def write(out: str, summary: dict[str, Any]) -> str:
       "from the episode's own support set.", "",
       *results_table(summary["results"]), "",
       "Prompts: the world's own formats — captioning `[image]` -> `{caption}.`; VQA "
-      "`[image]Question: {question} Answer: {answer}.`; binding `[image]This is a {word}.` "
+      "`[image]Question: {question} Answer: {answer}.`; binding `[image]{word}.` "
       "(kosmos-eval `--task-option prompt=/target=/separator=`). Commands:", "",
       "```", *[r["command"] for r in summary["results"].values()], "```", "",
       "## Export", "",

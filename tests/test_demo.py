@@ -50,6 +50,13 @@ def test_binding_task_demos_are_the_episode_support(world):
   assert [s.get("text") for s in built.segments] == [
       None, f"This is a {words[0]}.", None, f"This is a {words[1]}.", None, "This is a"]
   assert built.candidates == tuple(" " + c for c in query.choices)
+  # The demo's options: the world's own page format, "[image] dax." (kosmos.demo.PROMPTS).
+  options = prompts.get_template(task.template, demo.PROMPTS["binding"])
+  built = prompts.build_prompt(options, task.demos_for(query, 1), query,
+                               candidates=task.candidates(query))
+  assert [s.get("text") for s in built.segments] == [None, f"{words[0]}.", None, f"{words[1]}.",
+                                                     None]
+  assert built.candidates == query.choices
   zero = prompts.build_prompt(template, task.demos_for(query, demos_lib.effective_shots(0)),
                               query, candidates=task.candidates(query), text_only_demos=True)
   assert zero.num_images == 1  # 0 shots: the words without their images

@@ -289,12 +289,14 @@ def test_interleaved_pages_are_true_of_their_pixels(worlds):
       bound: dict[str, set] = {}
       for k in range(0, len(segments), 2):
         (obj,) = detect(_pixels(segments[k]["image"]))
-        word = re.search(r"(?:This is a|This colour is) (\w+)\.$", segments[k + 1]["text"])[1]
-        bound.setdefault(word, set()).add(obj[meta["attribute"]])
-      assert all(len(v) == 1 for v in bound.values()), bound  # one value per word
-      assert len({next(iter(v)) for v in bound.values()}) == len(bound)  # one word per value
+        word = re.fullmatch(r"(\w+)\.", segments[k + 1]["text"])[1]
+        assert word in sw.BINDING_WORDS
+        bound.setdefault(word, set()).add(f"{obj['colour']} {obj['shape']}")
+      assert all(len(v) == 1 for v in bound.values()), bound  # one kind per word
       assert {w: next(iter(v)) for w, v in bound.items()} == meta["bindings"]
-      assert segments[-1]["text"].startswith("Question: What ")
+      kinds = [v.split() for v in meta["bindings"].values()]  # kinds differ in both
+      assert len({c for c, _ in kinds}) == len({s for _, s in kinds}) == len(kinds)
+      assert len(segments) == 2 * (meta["ways"] * meta["shots"] + 1)
     for k, seg in enumerate(segments):
       if "image" not in seg or meta["page"] == "binding":
         continue
@@ -369,10 +371,9 @@ def test_binding_episodes(worlds):
     episodes = [json.loads(line) for line in f]
   assert len(episodes) == SMALL["binding_episodes"]
   assert "episodes.jsonl" in open(os.path.join(root, "README.md")).read()
-  words = []
   for e, ep in enumerate(episodes):
     assert ep["id"] == f"binding-{e:05d}" and len(ep["choices"]) == 2 and ep["label"] in (0, 1)
-    words += ep["choices"]
+    assert set(ep["choices"]) <= set(sw.BINDING_WORDS) and len(set(ep["choices"])) == 2
     support = ep["support"]
     assert len(support) == 2 * shapes_eval.BINDING_SHOTS
     for r in range(0, len(support), 2):  # each round shows both labels
@@ -380,13 +381,13 @@ def test_binding_episodes(worlds):
     kinds: dict[str, set] = {}
     for s in support:
       (obj,) = detect(_pixels(open(os.path.join(root, s["image"]), "rb").read()))
-      kinds.setdefault(s["label"], set()).add(obj["shape"])
-    assert all(len(v) == 1 for v in kinds.values()), kinds  # same word => same shape kind
-    assert kinds[ep["choices"][0]] != kinds[ep["choices"][1]]  # different words, kinds
+      kinds.setdefault(s["label"], set()).add((obj["shape"], obj["colour"]))
+    assert all(len(v) == 1 for v in kinds.values()), kinds  # same word => same kind
+    (a,), (b,) = kinds[ep["choices"][0]], kinds[ep["choices"][1]]
+    assert a[0] != b[0] and a[1] != b[1]  # the two kinds differ in shape and in colour
     (query,) = detect(_pixels(open(os.path.join(root, ep["query"]["image"]), "rb").read()))
-    assert kinds[ep["choices"][ep["label"]]] == {query["shape"]}
-    assert ep["bindings"][ep["choices"][ep["label"]]] == query["shape"]
-  assert len(set(words)) == len(words)  # every episode binds new nonce words
+    assert kinds[ep["choices"][ep["label"]]] == {(query["shape"], query["colour"])}
+    assert ep["bindings"][ep["choices"][ep["label"]]] == f"{query['colour']} {query['shape']}"
   assert [ep["label"] for ep in episodes].count(0) == len(episodes) // 2
 
 
@@ -433,13 +434,13 @@ def test_nonce_words_avoid_world_words():
   words = sw.all_nonce_words()
   world = set(" ".join([*sw.SHAPES, *sw.COLOURS, *sw.SIZES, *sw.POSITIONS]).split())
   assert len(words) == len(set(words)) > 1000 and not world & set(words)
+  assert len(set(sw.BINDING_WORDS)) == 16 and not world & set(sw.BINDING_WORDS)
 
 
 @pytest.mark.parametrize("flags, message", [
     ({"image_size": 15}, "--image-size 15"),
     ({"pairs": -1}, "--pairs -1"),
     ({"max_images_per_page": 2}, "--max-images-per-page 2"),
-    ({"binding_episodes": 10_000}, "--binding-episodes 10000"),
 ])
 def test_bad_flags_are_named(tmp_path, flags, message):
   with pytest.raises(ValueError, match=re.escape(message)):

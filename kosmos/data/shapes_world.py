@@ -20,7 +20,8 @@ scene, its image bytes and its texts are a pure function of the generator's seed
 Text produced here (the formats a model trained on this world sees, see `TEMPLATES`):
   captions        "a large red circle at the top left", "two small blue squares"
   questions       "what colour is the circle?" -> "red"; "how many squares are there?" -> "2"
-  binding         Frozen-style fast binding with nonce words: "This is a dax." after an image
+  binding         fast binding (Frozen, Reddy 2023): "dax." after an image, with the nonce
+                  word bound to an object kind only within its page
   facts           text-only statements: "a triangle has three corners."
 """
 
@@ -71,11 +72,14 @@ TEMPLATES = {
     "pair": "[image] {caption}  (bare caption, no final period)",
     "gallery_page": "{title} [image] {caption}. [image] {caption}. ...",
     "quiz_page": "[image] Question: {question} Answer: {answer}. ...",
-    "binding_shape_support": "[image] This is a {word}.",
-    "binding_shape_query": "[image] Question: What is this? Answer: This is a {word}.",
-    "binding_colour_support": "[image] This colour is {word}.",
-    "binding_colour_query": "[image] Question: What colour is this? Answer: This colour is {word}.",
+    "binding_page": "[image] {word}. [image] {word}. ... (the last image is the query)",
 }
+# Fast binding binds these nonce words to object kinds drawn afresh and uniformly on every
+# page (and eval episode), so the weights cannot know which word names which kind: only
+# the page's own earlier images can tell. A small fixed set keeps every word one piece of
+# the demo's 512-piece BPE, so the model needs no spelling to copy a word.
+BINDING_WORDS = ("dax", "wug", "fep", "blick", "toma", "zorb", "kiki", "lorp", "modi", "pilk",
+                 "zav", "nefa", "ropo", "gub", "tisk", "vorn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +172,22 @@ def _shade(rng: np.random.Generator) -> int:
 
 
 def single_scene(rng: np.random.Generator, *, shape: str | None = None,
-                 colour: str | None = None) -> Scene:
-  """One object at a random cell on a random background (binding episodes use these)."""
-  background = tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+                 colour: str | None = None, size: str | None = None,
+                 background: str | None = None) -> Scene:
+  """One object at a random cell on a (random) background (binding episodes use these)."""
+  background = background or tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
   cell = int(rng.integers(len(POSITIONS)))
-  return Scene(background, (sample_object(rng, cell, shape=shape, colour=colour),), _shade(rng))
+  return Scene(background, (sample_object(rng, cell, shape=shape, colour=colour, size=size),),
+               _shade(rng))
+
+
+def binding_kinds(rng: np.random.Generator, ways: int) -> list[tuple[str, str]]:
+  """`ways` object kinds (shape, colour) that differ pairwise in shape AND in colour."""
+  if not 2 <= ways <= min(len(SHAPES), len(COLOURS)):
+    raise ValueError(f"binding ways {ways} must be in [2, {min(len(SHAPES), len(COLOURS))}]")
+  shapes = rng.choice(len(SHAPES), size=ways, replace=False)
+  colours = rng.choice(len(COLOURS), size=ways, replace=False)
+  return [(SHAPES[s], tuple(COLOURS)[c]) for s, c in zip(shapes, colours)]
 
 
 # ---------------------------------------------------------------------------- rendering

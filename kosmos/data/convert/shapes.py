@@ -130,30 +130,27 @@ def pair_record(i: int, rng: np.random.Generator, maker: ImageMaker) -> dict[str
 
 def binding_segments(rng: np.random.Generator, maker: ImageMaker,
                      max_images: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """A fast-binding episode (Frozen): nonce words bound to shapes (3/4) or colours (1/4).
+  """A fast-binding page: nonce words bound to object kinds for this page only.
 
-  2-way (or 3-way when it fits, 1 in 5), 1..floor((max_images-1)/ways) shots, one query."""
-  attribute = "shape" if rng.random() < 0.75 else "colour"
+  2-way (3-way 1 in 5 when it fits); 1..floor((max_images-1)/ways) rounds in which every
+  kind appears once in random order, then a query image of a random kind. Every image is
+  one object of its kind (random size and cell) on the page's background, followed by
+  its word ("dax."), the query too: the page trains exactly what the eval asks."""
   ways = 3 if max_images >= 4 and rng.random() < 0.2 else 2
   shots = int(rng.integers(1, (max_images - 1) // ways + 1))
-  pool = sw.SHAPES if attribute == "shape" else tuple(sw.COLOURS)
-  values = [pool[j] for j in rng.choice(len(pool), size=ways, replace=False)]
-  words = sw.nonce_words(rng, ways)
+  kinds = sw.binding_kinds(rng, ways)
+  words = [sw.BINDING_WORDS[j] for j in rng.choice(len(sw.BINDING_WORDS), size=ways,
+                                                  replace=False)]
+  background = tuple(sw.BACKGROUNDS)[rng.integers(len(sw.BACKGROUNDS))]
   order = [int(k) for _ in range(shots) for k in rng.permutation(ways)]
-  query = int(rng.integers(ways))
   segments: list[dict[str, Any]] = []
-  for n, k in enumerate(order + [query]):
-    attrs = {attribute: values[k]}
-    _, png = maker.png(lambda: sw.single_scene(rng, **attrs))
-    if attribute == "shape":
-      text = (f"This is a {words[k]}." if n < len(order)
-              else f"Question: What is this? Answer: This is a {words[k]}.")
-    else:
-      text = (f"This colour is {words[k]}." if n < len(order)
-              else f"Question: What colour is this? Answer: This colour is {words[k]}.")
-    segments += [{"image": png}, {"text": text}]
-  meta = {"page": "binding", "attribute": attribute, "ways": ways, "shots": shots,
-          "bindings": dict(zip(words, values))}
+  for k in order + [int(rng.integers(ways))]:
+    shape, colour = kinds[k]
+    _, png = maker.png(lambda: sw.single_scene(rng, shape=shape, colour=colour,
+                                               background=background))
+    segments += [{"image": png}, {"text": f"{words[k]}."}]
+  meta = {"page": "binding", "ways": ways, "shots": shots, "background": background,
+          "bindings": {w: f"{c} {s}" for w, (s, c) in zip(words, kinds)}}
   return segments, meta
 
 
@@ -288,7 +285,7 @@ def world_summary(config: Config, eval_counts: dict[str, Any],
       "max_objects": sw.MAX_OBJECTS,
       "scene_kinds": dict(zip(sw.SCENE_KINDS, sw.SCENE_KIND_PROBS)),
       "nonce": {"syllables": list(sw.SYLLABLES), "codas": list(sw.CODAS),
-                "words": len(sw.all_nonce_words())},
+                "words": len(sw.all_nonce_words()), "binding_words": list(sw.BINDING_WORDS)},
       "templates": sw.TEMPLATES,
       "records": {kind: {"records": m["records"], "kinds": m["kinds"], "dropped": m["dropped"],
                          "path": f"records/{kind}"} for kind, m in manifests.items()},

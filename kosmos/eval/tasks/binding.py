@@ -8,7 +8,7 @@
      "query": {"image": "images/00000_q.png"},
      "choices": ["dax", "blicket"], "label": 0, ...}
 
-Each episode binds fresh nonce words to image classes, so only its own support set can
+Each episode binds nonce words to image classes afresh, so only its own support set can
 tell which word is which: an episode's demonstrations are its support items, never drawn
 from a pool. `k` shots = the first `ways * k` support items (k per word: the support is
 ordered in rounds that show every word once); 0 shots = the runner's text-only
