@@ -21,7 +21,7 @@ Stages, each the real code path a user would run by hand:
 
 The eval prompts use the world's own text formats (the model never saw "An image of"):
 captions follow the image directly and end with ".", VQA is "Question: q Answer: a."
-and binding supports are "This is a <word>." (see `PROMPTS`). The console shows a
+and binding supports are "<word>." (see `PROMPTS`). The console shows a
 progress narrative; library logs go to OUT/logs/.
 """
 
@@ -49,7 +49,7 @@ SHOTS = (0, 1, 2, 4)
 PROMPTS = {
     "coco": {"prompt": "", "target": "{caption}", "separator": "."},
     "vqav2": {"separator": "."},
-    "binding": {},
+    "binding": {"prompt": "", "target": "{answer}", "separator": "."},
 }
 COLOUR_PREFIX = "what colour"  # VQA questions about colour (the test's assertion)
 
@@ -68,6 +68,7 @@ class Plan:
   vqa_shots: tuple[int, ...] = SHOTS
   binding_shots: tuple[int, ...] = SHOTS
   eval_batch: int = 16
+  seed: int = 0  # the world's seed (prepare) and the training seeds (init, data order)
 
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
@@ -121,7 +122,7 @@ def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
   from kosmos.data.convert import shapes  # pylint: disable=import-outside-toplevel
   max_images = configs.load_module(CONFIG_FILE).MAX_IMAGES
   t = time.time()
-  world = shapes.generate(data_dir, workers=2, seed=0, pairs=plan.pairs, pages=plan.pages,
+  world = shapes.generate(data_dir, workers=2, seed=plan.seed, pairs=plan.pairs, pages=plan.pages,
                           texts=plan.texts, image_size=32, max_images_per_page=max_images,
                           binding_episodes=plan.binding_episodes)
   say(f"prepare: shapes world -> {data_dir}: {plan.pairs} pairs, {plan.pages} pages "
@@ -139,6 +140,7 @@ def load_config(data_dir: str, plan: Plan):
   config = configs.load(f"{CONFIG_FILE}:{data_dir}")
   config.train.steps = plan.steps
   config.train.checkpoint_every = plan.steps
+  config.seed = config.data.shuffle_seed = plan.seed
   return config
 
 
@@ -349,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
   parser.add_argument("--short", action="store_true", help="the < 3 minute version (tests)")
   parser.add_argument("--steps", type=int, default=0, help="override the training steps")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the world, the init and the data order (default 0)")
   args = parser.parse_args(argv)
   plan = SHORT if args.short else FULL
-  if args.steps:
-    plan = dataclasses.replace(plan, steps=args.steps)
+  plan = dataclasses.replace(plan, seed=args.seed, **({"steps": args.steps} if args.steps else {}))
   run(args.out, plan)
   return 0
 
