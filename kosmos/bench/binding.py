@@ -33,7 +33,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from kosmos import configs
 from kosmos.bench import report
 from kosmos.model import decoder as decoder_lib
 from kosmos.train import optimizer as optimizer_lib
@@ -179,12 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="4-shot accuracy (%%) that counts as formed")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", required=True, help="JSON file to write")
-  args, overrides = parser.parse_known_args(argv)
-  config = configs.load(args.config)
-  try:
-    configs.apply_overrides(config, overrides)  # --config.a.b=v, as kosmos-train takes them
-  except ValueError as e:
-    parser.error(str(e))
+  args, config = report.parse_with_config(parser, argv)
   if min(args.steps, args.eval_every, args.episodes) < 1 or args.horizon < 0:
     parser.error("--steps, --eval-every and --episodes must be >= 1, --horizon >= 0")
   result = report.environment("kosmos.bench.binding", argv)

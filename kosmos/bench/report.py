@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -23,6 +24,20 @@ def environment(module: str, argv: Sequence[str] | None) -> dict[str, Any]:
       "device": str(jax.devices()[0].device_kind),
       "num_devices": jax.device_count(),
   }
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                      ) -> tuple[argparse.Namespace, Any]:
+  """(args, config): `--config FILE[:arg]` loaded, then the remaining `--config.a.b=v`
+  flags applied as kosmos-train takes them (a bad one exits through `parser.error`)."""
+  from kosmos import configs  # pylint: disable=import-outside-toplevel
+  args, overrides = parser.parse_known_args(argv)
+  config = configs.load(args.config)
+  try:
+    configs.apply_overrides(config, overrides)
+  except ValueError as e:
+    parser.error(str(e))
+  return args, config
 
 
 def write(result: dict[str, Any], out: str) -> None:

@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from kosmos import configs, sharding
+from kosmos import sharding
 from kosmos.bench import report
 from kosmos.model import multimodal
 from kosmos.train import flops as flops_lib
@@ -124,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config", required=True, help="config file[:arg]")
   parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up")
   parser.add_argument("--out", required=True, help="JSON file to write")
-  args, overrides = parser.parse_known_args(argv)
-  config = configs.load(args.config)
-  try:
-    configs.apply_overrides(config, overrides)  # --config.a.b=v, as kosmos-train takes them
-  except ValueError as e:
-    parser.error(str(e))
+  args, config = report.parse_with_config(parser, argv)
   result = report.environment("kosmos.bench.train_step", argv)
   result.update(run(config, steps=args.steps))
   report.write(result, args.out)
