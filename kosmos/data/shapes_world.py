@@ -172,13 +172,11 @@ def _shade(rng: np.random.Generator) -> int:
 
 
 def single_scene(rng: np.random.Generator, *, shape: str | None = None,
-                 colour: str | None = None, size: str | None = None,
-                 background: str | None = None) -> Scene:
+                 colour: str | None = None, background: str | None = None) -> Scene:
   """One object at a random cell on a (random) background (binding episodes use these)."""
   background = background or tuple(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
   cell = int(rng.integers(len(POSITIONS)))
-  return Scene(background, (sample_object(rng, cell, shape=shape, colour=colour, size=size),),
-               _shade(rng))
+  return Scene(background, (sample_object(rng, cell, shape=shape, colour=colour),), _shade(rng))
 
 
 def binding_kinds(rng: np.random.Generator, ways: int) -> list[tuple[str, str]]:
