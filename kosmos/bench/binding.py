@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -36,6 +35,7 @@ from flax import nnx
 from kosmos.bench import report
 from kosmos.model import decoder as decoder_lib
 from kosmos.train import optimizer as optimizer_lib
+from kosmos.train import step as step_lib
 
 EVAL_SHOTS = (0, 1, 4)
 FIRST_ID = 8  # ids below are the tokenizer's specials
@@ -67,7 +67,8 @@ class Episodes:
     return tokens, len(tokens) - 1, int(words[q]), int(words[wrong])
 
   def batch(self, rng: np.random.Generator, rows: int, seq_len: int) -> dict[str, np.ndarray]:
-    """Whole training episodes (query word and period included) packed into rows."""
+    """Whole training episodes (query word and period included) packed into rows, in the
+    pipeline's batch format (targets = next token, loss only inside an episode)."""
     out = {k: np.zeros((rows, seq_len), np.int32) for k in ("tokens", "segment_ids", "positions")}
     for r in range(rows):
       at, segment = 0, 1
@@ -81,16 +82,17 @@ class Episodes:
         out["segment_ids"][r, span] = segment
         out["positions"][r, span] = np.arange(len(tokens))
         at, segment = at + len(tokens), segment + 1
+    seg = out["segment_ids"]
+    out["targets"] = np.roll(out["tokens"], -1, axis=1)
+    out["loss_mask"] = np.zeros((rows, seq_len), np.float32)
+    out["loss_mask"][:, :-1] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)
     return out
 
 
 def _loss(model: decoder_lib.Decoder, batch: dict[str, jax.Array]) -> jax.Array:
-  tokens, segments = batch["tokens"], batch["segment_ids"]
-  logits, _ = model(model.embed(tokens), batch["positions"], segments)
-  logp = jax.nn.log_softmax(logits[:, :-1])
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-  same = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
-  return (nll * same).sum() / same.sum()
+  logits, _ = model(model.embed(batch["tokens"]), batch["positions"], batch["segment_ids"])
+  terms = step_lib.loss_terms(logits, batch, z_loss=0.0)  # the trainer's cross-entropy
+  return terms["ce_sum"] / terms["count"]
 
 
 @nnx.jit
@@ -124,8 +126,8 @@ def _eval_set(episodes: Episodes, seed: int, n: int) -> dict[int, dict[str, np.n
 
 def _accuracy(model, data: dict[str, np.ndarray]) -> float:
   logits = np.asarray(_logits(model, data["tokens"], data["positions"], data["segment_ids"]))
-  at = logits[np.arange(len(data["query"])), data["query"]]
-  rows = np.arange(len(at))
+  rows = np.arange(len(data["query"]))
+  at = logits[rows, data["query"]]
   return float(np.mean(at[rows, data["right"]] > at[rows, data["wrong"]]) * 100)
 
 
