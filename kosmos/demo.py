@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
-    python -m kosmos.demo --out demo_out           # full: 4 min 40 s on 2 idle cores (measured)
-    python -m kosmos.demo --out demo_out --short   # smaller: 160 s under pytest (measured)
+    python -m kosmos.demo --out demo_out           # full: 5 min on 2 idle cores (measured)
+    python -m kosmos.demo --out demo_out --short   # smaller: 164 s under pytest (measured)
 
 Stages, each the real code path a user would run by hand:
 

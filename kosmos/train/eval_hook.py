@@ -1,9 +1,9 @@
 """Few-shot evaluation from the training loop, every `train.eval_every` steps.
 
 `config.eval.tasks` lists what to run, each as {task, data, shots, num_queries, trials,
-options} (the `kosmos-eval` flags; `options` = the --task-option pairs); results go to DIR/eval/<step>/<task>.json and to TensorBoard
-as `eval/<task>/<shots>shot`. Every process runs the hook (queries are split between
-processes inside `kosmos.eval.runner.evaluate`).
+options} (the `kosmos-eval` flags; `options` = the --task-option pairs); results go to
+DIR/eval/<step>/<task>.json and to TensorBoard as `eval/<task>/<shots>shot`. Every process
+runs the hook (queries are split between processes inside `kosmos.eval.runner.evaluate`).
 """
 
 from __future__ import annotations
