@@ -108,6 +108,28 @@ def test_vqav2_questions_and_annotations(tmp_path):
   assert e.image_paths == (os.path.join(d, "val2014", "COCO_val2014_000000000002.jpg"),)
 
 
+def test_vqav2_question_types_filter_the_queries_only(tmp_path):
+  d = str(tmp_path)
+  _vqa_files(d, "train2014", [11, 12], [1, 1])
+  _vqa_files(d, "val2014", [21, 22, 23], [2, 3, 4])
+  path = os.path.join(d, "v2_mscoco_val2014_annotations.json")
+  with open(path) as f:
+    annotations = json.load(f)
+  annotations["annotations"][1]["question_type"] = "what color is the"
+  write_json(path, annotations)
+  task = tasks.load_task("vqav2", d, question_types=["what color is the"])
+  assert [e.id for e in task.test] == ["22"]
+  assert [e.id for e in task.train] == ["11", "12"]  # demonstrations: the whole train split
+  assert [e.id for e in tasks.load_task("vqav2", d, question_types="what is").test] == ["21", "23"]
+  with pytest.raises(ValueError, match=r"no usable questions of question_types \['how many'\]"):
+    tasks.load_task("vqav2", d, question_types=["how many"])
+  write_json(os.path.join(d, "q.json"), {"questions": [
+      {"image_id": 2, "question": "Why?", "question_id": 70}]})
+  with pytest.raises(ValueError, match="annotations file"):
+    tasks.vqa.read_vqa(os.path.join(d, "q.json"), os.path.join(d, "val2014"),
+                       image_pattern="COCO_val2014_{image_id:012d}.jpg", question_types=["why"])
+
+
 def test_vqa_image_pattern_and_test_dev_without_annotations(tmp_path):
   d = str(tmp_path)
   write_json(os.path.join(d, "q.json"), {"questions": [

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--vqa-tokens", type=int, default=5)
   parser.add_argument("--length-penalty", type=float, default=0.0)
   parser.add_argument("--task-option", action="append", default=[], metavar="KEY=JSON",
-                      help="loader option, e.g. json_path=\"/x/dataset_coco.json\"")
+                      help="loader or prompt option, e.g. json_path=\"/x/dataset_coco.json\", "
+                      "separator=\".\", question_types='[\"what color is the\"]' (VQAv2)")
   parser.add_argument("--blank-images", action="store_true",
                       help="image ablation: show every image as uniform gray (same prompts)")
   parser.add_argument("--no-progress", action="store_true")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from typing import Sequence
 
 from kosmos.eval.tasks.example import VQA, Example, Task, check_unique_ids
 
@@ -62,11 +63,18 @@ def _image_name(pattern: str | None, default: str, **values) -> str:
 
 def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | None = None,
              image_pattern: str | None = None,
-             skipped: collections.Counter | None = None) -> list[Example]:
-  """Examples of one VQA split file (plus its annotations file for VQAv2-style data)."""
+             skipped: collections.Counter | None = None,
+             question_types: Sequence[str] | None = None) -> list[Example]:
+  """Examples of one VQA split file (plus its annotations file for VQAv2-style data).
+
+  `question_types`: keep only the questions whose annotation has one of these
+  "question_type"s (VQAv2-style data with annotations only)."""
   skipped = skipped if skipped is not None else collections.Counter()
   data = _load(questions_path)
   fmt = detect_format(data)
+  if question_types is not None and (fmt != VQAV2 or not annotations_path):
+    raise ValueError(f"{questions_path}: question_types needs VQAv2-style questions with an "
+                     "annotations file (their \"question_type\" field)")
   rows = []  # (id, image file name, question, answers, demo answer)
   if fmt == VQAV2:
     subtype = data.get("data_subtype") or os.path.basename(os.path.normpath(image_dir))
@@ -80,6 +88,8 @@ def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | Non
         annotations[ann["question_id"]] = ann
     for q in data["questions"]:
       ann = annotations.get(q["question_id"])
+      if question_types is not None and (ann or {}).get("question_type") not in question_types:
+        continue
       answers = _answer_texts(ann["answers"]) if ann else []
       demo = (ann.get("multiple_choice_answer") if ann else None) or (answers or [""])[0]
       rows.append((str(q["question_id"]), _image_name(image_pattern, default,
@@ -109,17 +119,23 @@ def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | Non
 def vqa_task(name: str, *, train_questions: str, train_images: str, test_questions: str,
              test_images: str, train_annotations: str | None = None,
              test_annotations: str | None = None, image_pattern: str | None = None,
-             normalize_references: bool = False) -> Task:
+             normalize_references: bool = False,
+             question_types: Sequence[str] | None = None) -> Task:
   """A VQA-accuracy task; `normalize_references` (see metrics.vqa_accuracy) goes into
   `Task.metric_options`: False = official VQAv2 script, True for raw answers (VizWiz,
-  TextVQA)."""
+  TextVQA). `question_types` (VQAv2 annotations' "question_type", e.g. ["what color is
+  the"]) keeps only those test questions; demonstrations still come from the whole train
+  split."""
+  if isinstance(question_types, str):
+    question_types = [question_types]
   skipped: collections.Counter = collections.Counter()
   train = read_vqa(train_questions, train_images, annotations_path=train_annotations,
                    image_pattern=image_pattern, skipped=skipped)
   test = read_vqa(test_questions, test_images, annotations_path=test_annotations,
-                  image_pattern=image_pattern, skipped=skipped)
+                  image_pattern=image_pattern, skipped=skipped, question_types=question_types)
   if not test:
-    raise ValueError(f"{test_questions}: no usable questions (skipped: {dict(skipped)})")
+    kinds = f" of question_types {list(question_types)}" if question_types is not None else ""
+    raise ValueError(f"{test_questions}: no usable questions{kinds} (skipped: {dict(skipped)})")
   missing = sum(1 for e in train if not e.references)
   if missing:
     raise ValueError(f"{train_questions}: {missing} demonstration questions have no answers; "
