@@ -38,14 +38,17 @@ def get_config(arg=None):
   vision_config = vision.default_config("Ti/8", image_size=32)
   vision_config.update(width=96, depth=2, num_heads=3, mlp_dim=192, feature_layer=-1,
                        feature_select="all", post_norm=True, l2_normalize=True)
+  # Initialised so that image and token embeddings are O(1) next to the sinusoidal
+  # positions from step 0: torchscale's embedding init d**-0.5 (not 0.02) and the
+  # connector's projection at 0.5 (not 0.02, which on L2-normalised ViT features leaves the
+  # image tokens ~25x smaller than a token). With both, the images are used within 300
+  # steps; with neither, not at all at 200 (docs/performance.md, Demo).
   connector_config = connector.default_config("attention_pool", num_tokens=8)
-  # init_std stays at the default 0.02: 0.5 lets images through from step 0 but the full
-  # plan then used them less (colour VQA 31.0 vs 28.6 gray, against 41.7 vs 16.7 at 0.02;
-  # docs/performance.md, Demo).
-  connector_config.update(num_heads=4)
+  connector_config.update(num_heads=4, init_std=0.5)
   decoder_config = decoder.default_config()
   decoder_config.update(family="magneto", vocab_size=512, d_model=128, num_layers=4, num_heads=4,
-                        ffn_dim=512, positions="sinusoidal", position_offset=1, max_len=512)
+                        ffn_dim=512, positions="sinusoidal", position_offset=1, max_len=512,
+                        embed_init_std=128 ** -0.5)
   config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
                                            decoder=decoder_config)
   config.tokenizer.path = f"{root}/tokenizer.model"

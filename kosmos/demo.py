@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
     python -m kosmos.demo --out demo_out           # full: 5 min on 2 idle cores (measured)
-    python -m kosmos.demo --out demo_out --short   # smaller: 164 s under pytest (measured)
+    python -m kosmos.demo --out demo_out --short   # 300 steps: 131 s on 2 idle cores (measured)
 
 Stages, each the real code path a user would run by hand:
 
@@ -11,9 +11,10 @@ Stages, each the real code path a user would run by hand:
   2. train     `kosmos-train --config configs/demo.py:DATA` (trainer.train_and_evaluate),
                pair + interleaved + text records mixed
   3. eval      `kosmos-eval` (kosmos.eval.runner.evaluate, one Engine shared by all runs)
-               at 0/1/2/4 shots: COCO-layout captioning (CIDEr) and VQAv2-layout VQA
-               (accuracy), each also with every image blanked to gray (image ablation),
-               and fast-binding classification (accuracy; 0 shots is chance)
+               at 0/1/2/4 shots: COCO-layout captioning (CIDEr), VQAv2-layout VQA
+               (accuracy) on all questions and on the colour questions only (the answer
+               is only in the pixels), each also with every image blanked to gray (image
+               ablation), and fast-binding classification (accuracy; 0 shots is chance)
   4. export    `kosmos-export --format hf`, then the directory is loaded with transformers'
                Kosmos2ForConditionalGeneration and must answer a VQA prompt as the JAX
                model does (greedy tokens equal)
@@ -51,7 +52,9 @@ PROMPTS = {
     "vqav2": {"separator": "."},
     "binding": {"prompt": "", "target": "{answer}", "separator": "."},
 }
-COLOUR_PREFIX = "what colour"  # VQA questions about colour (the test's assertion)
+# The VQAv2 "question_type" of the world's colour questions: their answer is only in the
+# pixels, so the colour runs (kosmos-eval --task-option question_types=...) measure image use.
+COLOUR_TYPES = ("what colour is the",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,8 @@ class Plan:
   texts: int
   steps: int
   coco_queries: int
-  vqa_queries: int
+  vqa_queries: int  # all question types
+  colour_queries: int  # colour questions only (COLOUR_TYPES)
   binding_episodes: int
   coco_shots: tuple[int, ...] = SHOTS
   vqa_shots: tuple[int, ...] = SHOTS
@@ -72,9 +76,10 @@ class Plan:
 
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
-            binding_episodes=200)
-SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=200, coco_queries=24, vqa_queries=96,
-             binding_episodes=100, coco_shots=(0, 4), vqa_shots=(0, 4), binding_shots=(0, 4))
+            colour_queries=120, binding_episodes=200)
+SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=300, coco_queries=24, vqa_queries=48,
+             colour_queries=100, binding_episodes=100, coco_shots=(0, 4), vqa_shots=(0, 4),
+             binding_shots=(0, 4))
 
 
 class Narrator:
@@ -175,16 +180,17 @@ def train(config, workdir: str, say: Narrator, log_path: str) -> dict[str, Any]:
   return {"seconds": time.time() - t, "losses": losses, "step": result["step"]}
 
 
-def _colour_accuracy(predictions: list[dict[str, Any]], questions: dict[str, str]) -> float:
-  from kosmos.eval import metrics  # pylint: disable=import-outside-toplevel
-  rows = [p for p in predictions if questions[str(p["id"])].startswith(COLOUR_PREFIX)]
-  return 100.0 * metrics.vqa_accuracy([p["prediction"] for p in rows],
-                                      [p["references"] for p in rows])
-
-
-def _vqa_questions(vqa_dir: str) -> dict[str, str]:
-  with open(os.path.join(vqa_dir, "v2_OpenEnded_mscoco_val2014_questions.json")) as f:
-    return {str(q["question_id"]): q["question"] for q in json.load(f)["questions"]}
+def eval_runs(plan: Plan) -> list[tuple[str, str, int, tuple[int, ...], bool, dict[str, Any]]]:
+  """(run name, eval data subdirectory, queries, shots, blank images, task options)."""
+  colour = {**PROMPTS["vqav2"], "question_types": list(COLOUR_TYPES)}
+  runs = [("coco", "coco", plan.coco_queries, plan.coco_shots, PROMPTS["coco"]),
+          ("vqav2", "vqa", plan.vqa_queries, plan.vqa_shots, PROMPTS["vqav2"]),
+          ("vqav2_colour", "vqa", plan.colour_queries, plan.vqa_shots, colour)]
+  out = []
+  for name, sub, queries, shots, options in runs:
+    out += [(name, sub, queries, shots, False, options),
+            (name + "_blank", sub, queries, shots, True, options)]
+  return out + [("binding", "binding", 0, plan.binding_shots, False, PROMPTS["binding"])]
 
 
 def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrator,
@@ -201,42 +207,31 @@ def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrato
   engine = engine_lib.Engine(runner.build_model(config, params, mesh), config, mesh=mesh,
                              length_multiple=64)
   settings = runner.Settings(batch_size=plan.eval_batch)
-  runs = [("coco", "coco", plan.coco_queries, plan.coco_shots, False),
-          ("coco_blank", "coco", plan.coco_queries, plan.coco_shots, True),
-          ("vqav2", "vqa", plan.vqa_queries, plan.vqa_shots, False),
-          ("vqav2_blank", "vqa", plan.vqa_queries, plan.vqa_shots, True),
-          ("binding", "binding", 0, plan.binding_shots, False)]
-  questions = _vqa_questions(os.path.join(data_dir, "eval", "vqa"))
   results = {}
-  for name, sub, queries, shots, blank in runs:
-    task = name.removesuffix("_blank")
+  for name, sub, queries, shots, blank, options in eval_runs(plan):
+    task = name.removesuffix("_blank").removesuffix("_colour")
     t = time.time()
     with _logged(log_path):
       result = runner.evaluate(config, None, task, os.path.join(data_dir, "eval", sub), shots,
                                num_queries=queries, settings=settings, mesh=mesh,
-                               task_options=dict(PROMPTS[task]), show_progress=False,
+                               task_options=dict(options), show_progress=False,
                                engine=engine, blank_images=blank)
-    if task == "vqav2":
-      for row in result["rows"]:
-        row["colour_accuracy"] = _colour_accuracy(result["predictions"][str(row["shots"])][0],
-                                                  questions)
     result.update(step=step, workdir=os.path.abspath(workdir), command=eval_command(
-        workdir, data_dir, sub, name, shots, queries, blank))
+        workdir, data_dir, task, sub, name, shots, queries, blank, options))
     runner.write_results(result, os.path.join(out, "eval", f"{name}.json"))
     summary = ", ".join(f"{r['shots']}-shot {r['mean']:.1f}" for r in result["rows"])
-    say(f"eval: {name:12s} {result['metric']:>12s} x100: {summary} ({time.time() - t:.0f} s)")
+    say(f"eval: {name:19s} {result['metric']:>12s} x100: {summary} ({time.time() - t:.0f} s)")
     results[name] = {k: v for k, v in result.items() if k != "predictions"}
   return results
 
 
-def eval_command(workdir: str, data_dir: str, sub: str, name: str, shots, queries: int,
-                 blank: bool) -> str:
+def eval_command(workdir: str, data_dir: str, task: str, sub: str, name: str, shots,
+                 queries: int, blank: bool, options: dict[str, Any]) -> str:
   """The equivalent kosmos-eval command line (for the report)."""
-  task = name.removesuffix("_blank")
-  options = " ".join(f"--task-option {k}='{json.dumps(v)}'" for k, v in PROMPTS[task].items())
+  flags = " ".join(f"--task-option {k}='{json.dumps(v)}'" for k, v in options.items())
   return (f"kosmos-eval --workdir {workdir} --task {task} --data {data_dir}/eval/{sub} "
           f"--shots {','.join(map(str, shots))}"
-          + (f" --num-queries {queries}" if queries else "") + (f" {options}" if options else "")
+          + (f" --num-queries {queries}" if queries else "") + (f" {flags}" if flags else "")
           + (" --blank-images" if blank else "") + f" --out OUT/eval/{name}.json")
 
 
@@ -275,7 +270,7 @@ def verify_hf(workdir: str, hf_dir: str, data_dir: str, new_tokens: int = 6) -> 
   engine = engine_lib.Engine(runner.build_model(config, params), config)
   vqa_dir = os.path.join(data_dir, "eval", "vqa")
   with open(os.path.join(vqa_dir, "v2_OpenEnded_mscoco_val2014_questions.json")) as f:
-    question = next(q for q in json.load(f)["questions"] if q["question"].startswith(COLOUR_PREFIX))
+    question = next(q for q in json.load(f)["questions"] if q["question"].startswith("what colour"))
   with open(os.path.join(vqa_dir, "val2014", f"COCO_val2014_{question['image_id']:012d}.jpg"),
             "rb") as f:
     image = f.read()

@@ -45,6 +45,11 @@ def _means(result: dict[str, Any], key: str = "mean") -> dict[int, float]:
   return {r["shots"]: r[key] for r in result["rows"]}
 
 
+# (run name, table label): each run also has a "<name>_blank" run with gray images.
+RUNS = (("coco", "captioning (CIDEr)"), ("vqav2", "VQA, all questions (accuracy)"),
+        ("vqav2_colour", "VQA, colour questions (accuracy)"))
+
+
 def results_table(results: dict[str, Any]) -> list[str]:
   """Rows: task/metric; columns: shots; trained vs blanked images side by side."""
   shots = sorted({r["shots"] for res in results.values() for r in res["rows"]})
@@ -55,14 +60,10 @@ def results_table(results: dict[str, Any]) -> list[str]:
     lines.append(_row([label, images] + [f"{values[s]:.1f}" if s in values else "–"
                                          for s in shots]))
 
-  for name, label in (("coco", "captioning (CIDEr)"), ("vqav2", "VQA (accuracy)")):
+  for name, label in RUNS:
     if name in results:
       add(label, "real", _means(results[name]))
       add(label, "blank (gray)", _means(results[name + "_blank"]))
-  if "vqav2" in results:
-    add("VQA, colour questions (accuracy)", "real", _means(results["vqav2"], "colour_accuracy"))
-    add("VQA, colour questions (accuracy)", "blank (gray)",
-        _means(results["vqav2_blank"], "colour_accuracy"))
   if "binding" in results:
     add("fast binding, 2-way (accuracy)", "real", _means(results["binding"]))
   return lines
@@ -76,13 +77,12 @@ def evidence(summary: dict[str, Any]) -> list[str]:
   out.append(f"- **Loss drops**: {losses[0]:.3f} (mean of the first {summary['log_every']} "
               f"steps) -> {losses[-1]:.3f} (last {summary['log_every']}): "
               f"{'yes' if drop > 0 else 'NO'}, by {drop:.3f}.")
-  for name, what in (("coco", "CIDEr"), ("vqav2", "VQA accuracy")):
+  for name, what in (("coco", "Images are used (CIDEr)"), ("vqav2", "Images are used (VQA accuracy)"),
+                     ("vqav2_colour", "Colour questions (the answer is only in the pixels)")):
     real, blank = _means(res[name]), _means(res[name + "_blank"])
     gaps = ", ".join(f"{s}-shot {real[s]:.1f} vs {blank[s]:.1f}" for s in sorted(real))
-    out.append(f"- **Images are used ({what})**: real vs blanked images: {gaps}.")
-  real, blank = _means(res["vqav2"], "colour_accuracy"), _means(res["vqav2_blank"], "colour_accuracy")
-  gaps = ", ".join(f"{s}-shot {real[s]:.1f} vs {blank[s]:.1f}" for s in sorted(real))
-  out.append(f"- **Colour questions** (the answer is only in the pixels): {gaps}.")
+    n = res[name]["rows"][0]["num_queries"]
+    out.append(f"- **{what}**: real vs blanked images, {n} queries: {gaps}.")
   bind = _means(res["binding"])
   shots = sorted(bind)
   n = res["binding"]["rows"][0]["num_queries"]

@@ -48,6 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
       ffn_dim=8192, positions="xpos", position_offset=0, rope_theta=10000.0,
       xpos_scale_base=512.0, max_len=2048, norm_eps=1e-5, tie_embeddings=True,
       scale_embeddings=True, dtype="float32", param_dtype="float32", remat="none",
+      # Token embedding init std. torchscale (KOSMOS-1/2) uses d_model**-0.5, so that the
+      # sqrt(d)-scaled embeddings are O(1) like the sinusoidal positions; at 0.02 they are
+      # ~sqrt(d)/50 of that and content (tokens, image embeddings) starts drowned by position.
+      embed_init_std=0.02,
       lora=lora_lib.default_config(),  # adapters on block projections (kosmos.model.lora)
   ))
 
@@ -118,7 +122,8 @@ class Decoder(nnx.Module):
     dtype, pdtype = layers.dtype_of(config.dtype), layers.dtype_of(config.param_dtype)
     self.embed_tokens = nnx.Embed(
         config.vocab_size, config.d_model, dtype=dtype, param_dtype=pdtype,
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")),
+        embedding_init=nnx.with_partitioning(
+            nnx.initializers.normal(config.get("embed_init_std", 0.02)), ("vocab", "embed")),
         rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.norm = layers.norm(config.d_model, rms=not magneto, eps=config.norm_eps, dtype=dtype,
