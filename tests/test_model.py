@@ -159,3 +159,26 @@ def test_unknown_architecture_choices_fail_before_building(section, field, value
     multimodal.check_config(config)
   with pytest.raises(ValueError, match=message):
     nnx.eval_shape(lambda: multimodal.Multimodal(config, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("family", ["magneto", "llama"])
+def test_decoder_init_stds(family):
+  """embed_init_std and qk_init_std set those initialisations; every other block weight
+  keeps its own (0 = the default 0.02 for queries and keys)."""
+  from kosmos.model import decoder as decoder_lib
+  config = decoder_lib.default_config()
+  config.update(family=family, vocab_size=4096, d_model=256, num_layers=2, num_heads=4,
+                ffn_dim=512, max_len=64)
+  base = decoder_lib.Decoder(config, rngs=nnx.Rngs(0))
+  config.update(embed_init_std=256 ** -0.5, qk_init_std=256 ** -0.5)
+  wide = decoder_lib.Decoder(config, rngs=nnx.Rngs(0))
+  std = lambda p: float(np.asarray(p.value).std())
+  assert std(base.embed_tokens.embedding) == pytest.approx(0.02, rel=0.05)
+  assert std(wide.embed_tokens.embedding) == pytest.approx(1 / 16, rel=0.05)
+  for b, w in zip(base.blocks, wide.blocks):
+    for name in ("q_proj", "k_proj"):
+      assert std(getattr(b.attn, name).kernel) == pytest.approx(0.02, rel=0.05)
+      assert std(getattr(w.attn, name).kernel) == pytest.approx(1 / 16, rel=0.05)
+    for name in ("v_proj", "o_proj"):
+      np.testing.assert_array_equal(getattr(b.attn, name).kernel.value,
+                                    getattr(w.attn, name).kernel.value)

@@ -52,6 +52,12 @@ def default_config() -> ml_collections.ConfigDict:
       # sqrt(d)-scaled embeddings are O(1) like the sinusoidal positions; at 0.02 they are
       # ~sqrt(d)/50 of that and content (tokens, image embeddings) starts drowned by position.
       embed_init_std=0.02,
+      # Init std of the attention's query and key projections (0 = the blocks' 0.02). At
+      # small d, torchscale's Xavier base is d**-0.5 (0.088 at d 128): attention is then
+      # not uniform at init, and on symbolic binding episodes (kosmos.bench.binding) the
+      # demo decoder's copy circuit forms by step 300 instead of not by step 600
+      # (docs/performance.md, Demo).
+      qk_init_std=0.0,
       lora=lora_lib.default_config(),  # adapters on block projections (kosmos.model.lora)
   ))
 
@@ -90,7 +96,7 @@ class Block(nnx.Module):
         head_dim=config.head_dim or None, use_bias=magneto, inner_norm=magneto,
         norm_eps=config.norm_eps, rotary=rotary, rope_theta=config.rope_theta,
         xpos_scale_base=config.xpos_scale_base, xpos_center=config.max_len // 2,
-        std=std, out_std=out_std, lora=lora, **kw)
+        std=std, out_std=out_std, qk_std=config.get("qk_init_std") or None, lora=lora, **kw)
     self.mlp_norm = layers.norm(config.d_model, rms=not magneto, eps=config.norm_eps, **kw)
     if magneto:
       self.mlp = layers.Mlp(config.d_model, config.ffn_dim, act=layers.Activation.GELU,

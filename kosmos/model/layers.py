@@ -171,7 +171,8 @@ class Attention(nnx.Module):
                inner_norm: bool = False, norm_eps: float = 1e-5, rotary: str = Rotary.NONE,
                rope_theta: float = 10000.0, xpos_scale_base: float = 512.0, xpos_center: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, std: float = 0.02,
-               out_std: float | None = None, lora: lora_lib.Spec | None = None, rngs: nnx.Rngs):
+               out_std: float | None = None, qk_std: float | None = None,
+               lora: lora_lib.Spec | None = None, rngs: nnx.Rngs):
     self.num_heads = num_heads
     self.num_kv_heads = num_kv_heads or num_heads
     if num_heads % self.num_kv_heads:
@@ -184,10 +185,10 @@ class Attention(nnx.Module):
     self.dtype = dtype
     kv_dim = kv_dim or d_model
     kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q_proj = dense(d_model, num_heads * self.head_dim, ("embed", "heads"), std=std,
-                        lora=lora and lora.get("q_proj"), **kw)
-    self.k_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"), std=std,
-                        lora=lora and lora.get("k_proj"), **kw)
+    self.q_proj = dense(d_model, num_heads * self.head_dim, ("embed", "heads"),
+                        std=qk_std or std, lora=lora and lora.get("q_proj"), **kw)
+    self.k_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"),
+                        std=qk_std or std, lora=lora and lora.get("k_proj"), **kw)
     self.v_proj = dense(kv_dim, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"),
                         std=out_std or std, lora=lora and lora.get("v_proj"), **kw)
     self.inner_norm = (norm(num_heads * self.head_dim, rms=False, eps=norm_eps, axis_name="heads",
