@@ -180,17 +180,31 @@ def train(config, workdir: str, say: Narrator, log_path: str) -> dict[str, Any]:
   return {"seconds": time.time() - t, "losses": losses, "step": result["step"]}
 
 
-def eval_runs(plan: Plan) -> list[tuple[str, str, int, tuple[int, ...], bool, dict[str, Any]]]:
-  """(run name, eval data subdirectory, queries, shots, blank images, task options)."""
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+  """One kosmos-eval run of the demo."""
+  name: str  # OUT/eval/{name}.json
+  task: str
+  data: str  # subdirectory of DATA/eval
+  queries: int  # 0 = all
+  shots: tuple[int, ...]
+  blank: bool  # every image gray (image ablation)
+  options: dict[str, Any]  # --task-option pairs
+
+
+def eval_runs(plan: Plan) -> list[EvalRun]:
+  """Captioning, VQA (all questions) and VQA colour questions, each with real and with
+  gray images, then binding."""
   colour = {**PROMPTS["vqav2"], "question_types": list(COLOUR_TYPES)}
-  runs = [("coco", "coco", plan.coco_queries, plan.coco_shots, PROMPTS["coco"]),
-          ("vqav2", "vqa", plan.vqa_queries, plan.vqa_shots, PROMPTS["vqav2"]),
-          ("vqav2_colour", "vqa", plan.colour_queries, plan.vqa_shots, colour)]
-  out = []
-  for name, sub, queries, shots, options in runs:
-    out += [(name, sub, queries, shots, False, options),
-            (name + "_blank", sub, queries, shots, True, options)]
-  return out + [("binding", "binding", 0, plan.binding_shots, False, PROMPTS["binding"])]
+  runs = []
+  for name, task, data, queries, shots, options in (
+      ("coco", "coco", "coco", plan.coco_queries, plan.coco_shots, PROMPTS["coco"]),
+      ("vqav2", "vqav2", "vqa", plan.vqa_queries, plan.vqa_shots, PROMPTS["vqav2"]),
+      ("vqav2_colour", "vqav2", "vqa", plan.colour_queries, plan.vqa_shots, colour)):
+    runs += [EvalRun(name, task, data, queries, shots, False, options),
+             EvalRun(name + "_blank", task, data, queries, shots, True, options)]
+  return runs + [EvalRun("binding", "binding", "binding", 0, plan.binding_shots, False,
+                         PROMPTS["binding"])]
 
 
 def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrator,
@@ -208,31 +222,31 @@ def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrato
                              length_multiple=64)
   settings = runner.Settings(batch_size=plan.eval_batch)
   results = {}
-  for name, sub, queries, shots, blank, options in eval_runs(plan):
-    task = name.removesuffix("_blank").removesuffix("_colour")
+  for run in eval_runs(plan):
     t = time.time()
     with _logged(log_path):
-      result = runner.evaluate(config, None, task, os.path.join(data_dir, "eval", sub), shots,
-                               num_queries=queries, settings=settings, mesh=mesh,
-                               task_options=dict(options), show_progress=False,
-                               engine=engine, blank_images=blank)
-    result.update(step=step, workdir=os.path.abspath(workdir), command=eval_command(
-        workdir, data_dir, task, sub, name, shots, queries, blank, options))
-    runner.write_results(result, os.path.join(out, "eval", f"{name}.json"))
+      result = runner.evaluate(config, None, run.task, os.path.join(data_dir, "eval", run.data),
+                               run.shots, num_queries=run.queries, settings=settings, mesh=mesh,
+                               task_options=dict(run.options), show_progress=False,
+                               engine=engine, blank_images=run.blank)
+    result.update(step=step, workdir=os.path.abspath(workdir),
+                  command=eval_command(workdir, data_dir, run))
+    runner.write_results(result, os.path.join(out, "eval", f"{run.name}.json"))
     summary = ", ".join(f"{r['shots']}-shot {r['mean']:.1f}" for r in result["rows"])
-    say(f"eval: {name:19s} {result['metric']:>12s} x100: {summary} ({time.time() - t:.0f} s)")
-    results[name] = {k: v for k, v in result.items() if k != "predictions"}
+    say(f"eval: {run.name:19s} {result['metric']:>12s} x100: {summary} "
+        f"({time.time() - t:.0f} s)")
+    results[run.name] = {k: v for k, v in result.items() if k != "predictions"}
   return results
 
 
-def eval_command(workdir: str, data_dir: str, task: str, sub: str, name: str, shots,
-                 queries: int, blank: bool, options: dict[str, Any]) -> str:
+def eval_command(workdir: str, data_dir: str, run: EvalRun) -> str:
   """The equivalent kosmos-eval command line (for the report)."""
-  flags = " ".join(f"--task-option {k}='{json.dumps(v)}'" for k, v in options.items())
-  return (f"kosmos-eval --workdir {workdir} --task {task} --data {data_dir}/eval/{sub} "
-          f"--shots {','.join(map(str, shots))}"
-          + (f" --num-queries {queries}" if queries else "") + (f" {flags}" if flags else "")
-          + (" --blank-images" if blank else "") + f" --out OUT/eval/{name}.json")
+  flags = " ".join(f"--task-option {k}='{json.dumps(v)}'" for k, v in run.options.items())
+  return (f"kosmos-eval --workdir {workdir} --task {run.task} --data {data_dir}/eval/{run.data} "
+          f"--shots {','.join(map(str, run.shots))}"
+          + (f" --num-queries {run.queries}" if run.queries else "")
+          + (f" {flags}" if flags else "") + (" --blank-images" if run.blank else "")
+          + f" --out OUT/eval/{run.name}.json")
 
 
 def export(workdir: str, hf_dir: str, data_dir: str, say: Narrator, log_path: str

@@ -77,7 +77,8 @@ def evidence(summary: dict[str, Any]) -> list[str]:
   out.append(f"- **Loss drops**: {losses[0]:.3f} (mean of the first {summary['log_every']} "
               f"steps) -> {losses[-1]:.3f} (last {summary['log_every']}): "
               f"{'yes' if drop > 0 else 'NO'}, by {drop:.3f}.")
-  for name, what in (("coco", "Images are used (CIDEr)"), ("vqav2", "Images are used (VQA accuracy)"),
+  for name, what in (("coco", "Images are used (CIDEr)"),
+                     ("vqav2", "Images are used (VQA accuracy)"),
                      ("vqav2_colour", "Colour questions (the answer is only in the pixels)")):
     real, blank = _means(res[name]), _means(res[name + "_blank"])
     gaps = ", ".join(f"{s}-shot {real[s]:.1f} vs {blank[s]:.1f}" for s in sorted(real))

@@ -99,7 +99,7 @@ def test_blank_images_and_template_options(world):
 
 def test_colour_runs_ask_only_colour_questions(world):
   from kosmos.eval import tasks
-  [options] = [o for name, *_, o in demo.eval_runs(demo.FULL) if name == "vqav2_colour"]
+  [options] = [r.options for r in demo.eval_runs(demo.FULL) if r.name == "vqav2_colour"]
   data = os.path.join(world, "eval", "vqa")
   colour = tasks.load_task("vqav2", data, **options)
   everything = tasks.load_task("vqav2", data)
@@ -114,10 +114,10 @@ def _check_outputs(out: str, summary: dict) -> None:
   assert "![training loss](loss.png)" in report
   with open(os.path.join(out, "loss.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  assert [r[0] for r in demo.eval_runs(demo.SHORT)] == [
+  assert [r.name for r in demo.eval_runs(demo.SHORT)] == [
       "coco", "coco_blank", "vqav2", "vqav2_blank", "vqav2_colour", "vqav2_colour_blank",
       "binding"]
-  for name, *_ in demo.eval_runs(demo.SHORT):
+  for name in (r.name for r in demo.eval_runs(demo.SHORT)):
     with open(os.path.join(out, "eval", f"{name}.json")) as f:
       saved = json.load(f)
     assert saved["rows"] == summary["results"][name]["rows"]
