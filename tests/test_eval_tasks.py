@@ -121,6 +121,11 @@ def test_vqav2_question_types_filter_the_queries_only(tmp_path):
   assert [e.id for e in task.test] == ["22"]
   assert [e.id for e in task.train] == ["11", "12"]  # demonstrations: the whole train split
   assert [e.id for e in tasks.load_task("vqav2", d, question_types="what is").test] == ["21", "23"]
+  read = lambda types: [e.id for e in tasks.vqa.read_vqa(
+      os.path.join(d, "v2_OpenEnded_mscoco_val2014_questions.json"), os.path.join(d, "val2014"),
+      annotations_path=path, question_types=types)]
+  assert read("what is") == ["21", "23"]  # one type, not the characters of a string
+  assert read("what is the") == []  # "what is" is in that string, but is not that type
   with pytest.raises(ValueError, match=r"no usable questions of question_types \['how many'\]"):
     tasks.load_task("vqav2", d, question_types=["how many"])
   write_json(os.path.join(d, "q.json"), {"questions": [

@@ -61,15 +61,23 @@ def _image_name(pattern: str | None, default: str, **values) -> str:
   return (pattern or default).format(**values)
 
 
+def _types(question_types: str | Sequence[str] | None) -> tuple[str, ...] | None:
+  """`question_types` as a tuple: one string is one type, not its characters."""
+  if question_types is None:
+    return None
+  return (question_types,) if isinstance(question_types, str) else tuple(question_types)
+
+
 def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | None = None,
              image_pattern: str | None = None,
              skipped: collections.Counter | None = None,
-             question_types: Sequence[str] | None = None) -> list[Example]:
+             question_types: str | Sequence[str] | None = None) -> list[Example]:
   """Examples of one VQA split file (plus its annotations file for VQAv2-style data).
 
   `question_types`: keep only the questions whose annotation has one of these
   "question_type"s (VQAv2-style data with annotations only)."""
   skipped = skipped if skipped is not None else collections.Counter()
+  question_types = _types(question_types)
   data = _load(questions_path)
   fmt = detect_format(data)
   if question_types is not None and (fmt != VQAV2 or not annotations_path):
@@ -120,21 +128,20 @@ def vqa_task(name: str, *, train_questions: str, train_images: str, test_questio
              test_images: str, train_annotations: str | None = None,
              test_annotations: str | None = None, image_pattern: str | None = None,
              normalize_references: bool = False,
-             question_types: Sequence[str] | None = None) -> Task:
+             question_types: str | Sequence[str] | None = None) -> Task:
   """A VQA-accuracy task; `normalize_references` (see metrics.vqa_accuracy) goes into
   `Task.metric_options`: False = official VQAv2 script, True for raw answers (VizWiz,
   TextVQA). `question_types` (VQAv2 annotations' "question_type", e.g. ["what color is
   the"]) keeps only those test questions; demonstrations still come from the whole train
   split."""
-  if isinstance(question_types, str):
-    question_types = [question_types]
   skipped: collections.Counter = collections.Counter()
   train = read_vqa(train_questions, train_images, annotations_path=train_annotations,
                    image_pattern=image_pattern, skipped=skipped)
   test = read_vqa(test_questions, test_images, annotations_path=test_annotations,
                   image_pattern=image_pattern, skipped=skipped, question_types=question_types)
   if not test:
-    kinds = f" of question_types {list(question_types)}" if question_types is not None else ""
+    kinds = (f" of question_types {list(_types(question_types))}"
+             if question_types is not None else "")
     raise ValueError(f"{test_questions}: no usable questions{kinds} (skipped: {dict(skipped)})")
   missing = sum(1 for e in train if not e.references)
   if missing:
