@@ -284,7 +284,7 @@ def verify_hf(workdir: str, hf_dir: str, data_dir: str, new_tokens: int = 6) -> 
   engine = engine_lib.Engine(runner.build_model(config, params), config)
   vqa_dir = os.path.join(data_dir, "eval", "vqa")
   with open(os.path.join(vqa_dir, "v2_OpenEnded_mscoco_val2014_questions.json")) as f:
-    question = next(q for q in json.load(f)["questions"] if q["question"].startswith("what colour"))
+    question = next(q for q in json.load(f)["questions"] if q["question"].startswith(COLOUR_TYPES))
   with open(os.path.join(vqa_dir, "val2014", f"COCO_val2014_{question['image_id']:012d}.jpg"),
             "rb") as f:
     image = f.read()
