@@ -95,17 +95,43 @@ def test_binding_episodes_bind_each_key_to_one_word_per_episode():
   assert batch["tokens"].max() == episodes.period and (seg > 0).mean() > 0.8
 
 
+@pytest.mark.parametrize("layout,n", [("kosmos", 3), ("no-end", 2)])
+def test_binding_episodes_frame_keys_as_images(layout, n):
+  from kosmos.bench import binding
+  episodes = binding.Episodes(keys=40, words=16, ways=2, max_shots=4, vocab_size=512,
+                              layout=layout, image_tokens=n, start_id=4, end_id=5)
+  span = n + 1 + (layout == "kosmos")
+  rng = np.random.default_rng(0)
+  for shots in (0, 1, 4):
+    for _ in range(20):
+      tokens, query, right, wrong = episodes.sample(rng, shots)
+      assert query == len(tokens) - 1 == (span + 2) * 2 * shots + span - 1
+      assert episodes.longest(shots) == len(tokens) + 2  # + the query's word and period
+      assert tokens[query] == (5 if layout == "kosmos" else tokens[query - 1])
+      items = [tokens[i:i + span + 2] for i in range(0, (span + 2) * 2 * shots, span + 2)]
+      for item in items:
+        assert item[0] == 4 and len(set(item[1:n + 1])) == 1 and item[-1] == episodes.period
+        assert (item[span - 1] == 5) == (layout == "kosmos")
+      bound = {item[1]: item[span] for item in items}
+      if shots:
+        assert bound[tokens[query - span + 2]] == right and wrong in bound.values()
+  with pytest.raises(ValueError, match="layout"):
+    binding.Episodes(keys=40, words=16, ways=2, max_shots=4, vocab_size=512, layout="bare",
+                     image_tokens=2)
+
+
 def test_binding_benchmark_json(tmp_path):
   from kosmos.bench import binding
   out = str(tmp_path / "binding.json")
   argv = ["--config", f"{CONFIG}:/unused", "--steps", "4", "--eval-every", "2",
-          "--episodes", "8", "--out", out]
+          "--episodes", "8", "--layout", "kosmos", "--out", out]
   assert binding.main(argv) == 0
   with open(out) as f:
     result = json.load(f)
   assert [row["step"] for row in result["evaluations"]] == [2, 4]
   assert set(result["evaluations"][0]["accuracy"]) == {"0", "1", "4"}
   assert result["horizon"] == 4 and result["command"].startswith("python -m kosmos.bench.binding")
+  assert result["layout"] == "kosmos" and result["image_tokens"] == 1
   with pytest.raises(SystemExit):
     binding.main(argv[:-2] + ["--keys", "1", "--out", out])
 

@@ -13,6 +13,13 @@ an induction head): the mechanism the demo's binding eval asks of the full model
 a ViT to learn first. Episodes are packed into rows of `data.seq_len` with their own
 segment ids and positions, `data.global_batch_size` rows a step.
 
+`--layout` frames each key as the model sees an image: `bare` is the key symbol alone;
+`kosmos` is `<image>` + `--image-tokens` copies of the key + `</image>` (the Kosmos-1/2
+prompt layout, the tokenizer's image_start_id / image_end_id), so the word follows the
+constant `</image>` and is predicted there; `no-end` drops the `</image>`. The copy
+circuit must then match the token two back instead of one (an extra hop on both sides),
+which forms far later (docs/performance.md, Demo).
+
 The model is `config.model.decoder` (overrides as kosmos-train takes them) trained with
 the config's optimizer (`kosmos.train.optimizer.make`); `--horizon` sets the schedule's
 length (default: --steps), so a run can stop early on a longer schedule. Every
@@ -41,17 +48,38 @@ EVAL_SHOTS = (0, 1, 4)
 FIRST_ID = 8  # ids below are the tokenizer's specials
 
 
-class Episodes:
-  """Symbol ids: `keys` key symbols, then `words` word symbols, then the period."""
+LAYOUTS = ("bare", "kosmos", "no-end")
 
-  def __init__(self, keys: int, words: int, ways: int, max_shots: int, vocab_size: int):
+
+class Episodes:
+  """Symbol ids: `keys` key symbols, then `words` word symbols, then the period; keys
+  framed by `layout` (see the module doc) with `start_id` / `end_id`."""
+
+  def __init__(self, keys: int, words: int, ways: int, max_shots: int, vocab_size: int, *,
+               layout: str = "bare", image_tokens: int = 1, start_id: int = 4,
+               end_id: int = 5):
     if keys < ways or words < ways:
       raise ValueError(f"--keys {keys} and --words {words} must be >= --ways {ways}")
     if FIRST_ID + keys + words + 1 > vocab_size:
       raise ValueError(f"{keys} keys + {words} words + 1 do not fit the decoder's vocabulary "
                        f"of {vocab_size} (ids from {FIRST_ID})")
+    if layout not in LAYOUTS or image_tokens < 1 or (layout == "bare" and image_tokens != 1):
+      raise ValueError(f"--layout {layout!r} must be one of {LAYOUTS} and --image-tokens "
+                       f"{image_tokens} >= 1 (1 with the bare layout)")
     self.keys, self.words, self.ways, self.max_shots = keys, words, ways, max_shots
     self.period = FIRST_ID + keys + words
+    self.layout, self.image_tokens = layout, image_tokens
+    self.start_id, self.end_id = start_id, end_id
+
+  def key_span(self, key: int) -> list[int]:
+    """The tokens standing for one image of `key`."""
+    if self.layout == "bare":
+      return [key]
+    return [self.start_id] + [key] * self.image_tokens + [self.end_id] * (self.layout == "kosmos")
+
+  def longest(self, shots: int) -> int:
+    """Tokens of a training episode with `shots` rounds (query word and period included)."""
+    return (self.ways * shots + 1) * len(self.key_span(FIRST_ID)) + (self.ways * shots + 1) * 2
 
   def sample(self, rng: np.random.Generator, shots: int) -> tuple[list[int], int, int, int]:
     """(tokens up to the query key, query position, right word id, a wrong word id)."""
@@ -60,10 +88,10 @@ class Episodes:
     tokens: list[int] = []
     for _ in range(shots):
       for k in rng.permutation(self.ways):
-        tokens += [int(keys[k]), int(words[k]), self.period]
+        tokens += self.key_span(int(keys[k])) + [int(words[k]), self.period]
     q = int(rng.integers(self.ways))
     wrong = (q + 1 + int(rng.integers(self.ways - 1))) % self.ways
-    tokens.append(int(keys[q]))
+    tokens += self.key_span(int(keys[q]))
     return tokens, len(tokens) - 1, int(words[q]), int(words[wrong])
 
   def batch(self, rng: np.random.Generator, rows: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -133,10 +161,13 @@ def _accuracy(model, data: dict[str, np.ndarray]) -> float:
 
 def run(config: ml_collections.ConfigDict, *, steps: int, horizon: int, eval_every: int,
         keys: int, words: int, ways: int, episodes_per_eval: int, threshold: float,
-        seed: int) -> dict[str, Any]:
+        seed: int, layout: str = "bare", image_tokens: int = 1) -> dict[str, Any]:
   d = config.model.decoder
-  episodes = Episodes(keys, words, ways, max_shots=max(EVAL_SHOTS), vocab_size=d.vocab_size)
-  longest = (ways * max(EVAL_SHOTS) + 1) * 3
+  episodes = Episodes(keys, words, ways, max_shots=max(EVAL_SHOTS), vocab_size=d.vocab_size,
+                      layout=layout, image_tokens=image_tokens,
+                      start_id=config.tokenizer.image_start_id,
+                      end_id=config.tokenizer.image_end_id)
+  longest = episodes.longest(max(EVAL_SHOTS))
   if longest > config.data.seq_len or longest > d.max_len:
     raise ValueError(f"a {max(EVAL_SHOTS)}-shot {ways}-way episode ({longest} tokens) does "
                      f"not fit data.seq_len={config.data.seq_len} / decoder.max_len={d.max_len}")
@@ -158,6 +189,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int, horizon: int, eval_eve
   return {"decoder": d.to_dict(), "optim": config.optim.to_dict(),
           "rows_per_step": config.data.global_batch_size, "seq_len": config.data.seq_len,
           "steps": steps, "horizon": horizon, "keys": keys, "words": words, "ways": ways,
+          "layout": layout, "image_tokens": image_tokens,
           "eval_episodes": episodes_per_eval, "threshold": threshold, "formed_at": formed_at,
           "seconds": round(seconds, 1), "steps_per_s": round(steps / seconds, 2),
           "evaluations": rows}
@@ -175,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--keys", type=int, default=40, help="key symbols (object kinds)")
   parser.add_argument("--words", type=int, default=16, help="word symbols (nonce words)")
   parser.add_argument("--ways", type=int, default=2)
+  parser.add_argument("--layout", choices=LAYOUTS, default="bare",
+                      help="how a key stands for an image (see above)")
+  parser.add_argument("--image-tokens", type=int, default=1,
+                      help="copies of the key inside <image> ... (kosmos and no-end layouts)")
   parser.add_argument("--episodes", type=int, default=200, help="eval episodes per shot count")
   parser.add_argument("--threshold", type=float, default=80.0,
                       help="4-shot accuracy (%%) that counts as formed")
@@ -188,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update(run(config, steps=args.steps, horizon=args.horizon or args.steps,
                       eval_every=args.eval_every, keys=args.keys, words=args.words,
                       ways=args.ways, episodes_per_eval=args.episodes,
-                      threshold=args.threshold, seed=args.seed))
+                      threshold=args.threshold, seed=args.seed, layout=args.layout,
+                      image_tokens=args.image_tokens))
   except ValueError as e:
     parser.error(str(e))
   report.write(result, args.out)

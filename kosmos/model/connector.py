@@ -62,9 +62,9 @@ class AttentionPool(nnx.Module):
               rngs=rngs)
     # Optional config key init_std (default 0.02). Kosmos-2 L2-normalises the ViT features,
     # so at 0.02 the image-dependent part of the pooled tokens is ~25x smaller than a token
-    # embedding at init (configs/demo.py) and images barely reach the decoder for hundreds
-    # of steps. 0.5 makes it comparable; on the demo's 700 steps that did not pay off
-    # (docs/performance.md, Demo), so the default stays.
+    # embedding at init and images barely reach a small decoder for hundreds of steps.
+    # configs/demo.py uses 0.5 (with the embedding at d**-0.5: images used within 300
+    # steps, docs/performance.md, Demo); the default stays for the other configs.
     self.dense = layers.dense(vision_width, d_model, ("embed", "mlp"),
                               std=config.get("init_std", 0.02), **kw)
     self.latent_query = nnx.Param(
