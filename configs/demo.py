@@ -22,7 +22,10 @@ episodes (8 supports + a query) occur in training. Measured (docs/performance.md
 the images are used (CIDEr 156.5 / 111.3 / 121.0 / 122.2 at 0/1/2/4 shots against 67.8 /
 66.1 / 69.3 / 68.8 with gray images; colour questions 67.5 / 62.5 / 56.7 / 52.5 against
 30.8 / 31.7 / 29.2 / 28.3); in-context fast binding does not emerge in this budget (chance
-at 4 shots, also at 1 400 steps).
+at 4 shots, also at 1 400 steps). The reason is the layout: the word follows the constant
+`</image>` and is predicted there, so the copy circuit must match two tokens back; with
+this decoder on symbolic episodes that does not form within 600 steps where the one-back
+match forms by 250 (`kosmos.bench.binding --layout kosmos`, docs/performance.md, Demo).
 """
 
 import ml_collections

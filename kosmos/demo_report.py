@@ -93,7 +93,7 @@ def evidence(summary: dict[str, Any]) -> list[str]:
              f"for {n} episodes)" if diff > noise else
              f"NOT learned: {shots[-1]} shots vs 0 shots differ by {diff:+.1f} points, within "
              f"noise (+-{noise:.1f} at 2 SE for {n} episodes); in-context binding does not "
-             "emerge in this training budget")
+             "emerge in this training budget (why: docs/performance.md, Demo)")
   out.append(f"- **Fast binding** (nonce words bound to object kinds afresh per episode, chance {CHANCE_BINDING:.0f}%): "
              + ", ".join(f"{s}-shot {bind[s]:.1f}" for s in shots) + f"; {verdict}.")
   return out
