@@ -240,6 +240,12 @@ def test_prompt_encoding_and_errors():
   assert enc.tokens == ([TOK.bos_id, *TOK.encode("hi"), TOK.image_start_id] +
                         [TOK.image_slot_id] * n + [TOK.image_end_id, *TOK.encode("!")])
   assert enc.images[0].shape == (16, 16, 3) and enc.images[0].dtype == np.uint8
+  no_boundaries = defaults.tokenizer()
+  no_boundaries.update(image_start_id=-1, image_end_id=-1)  # LLaVA's layout
+  llava = tokenizer_lib.ByteTokenizer(no_boundaries)
+  enc = prompt_lib.encode([{"image": _png(2)}, {"image": _png(3)}, {"text": "!"}], llava,
+                          image_size=16, tokens_per_image=n)
+  assert enc.tokens == [TOK.bos_id] + [TOK.image_slot_id] * (2 * n) + TOK.encode("!")
   with pytest.raises(ValueError, match="valid: 'text' or 'image'"):
     prompt_lib.encode([{"audio": b""}], TOK, image_size=16, tokens_per_image=n)
   with pytest.raises(ValueError, match="uint8"):

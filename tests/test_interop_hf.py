@@ -320,6 +320,9 @@ def test_llava_linear_connector_kosmos_to_hf(tmp_path):
   hf_dir = str(tmp_path / "hf")
   transformers.LlavaForConditionalGeneration(llava_hf_config()).save_pretrained(hf_dir)
   _, inferred = hf_config.from_hf_json(json.load(open(os.path.join(hf_dir, "config.json"))))
+  # LLaVA prompts hold an image as its slots alone: no <image> / </image> tokens around them
+  assert (inferred.tokenizer.image_start_id, inferred.tokenizer.image_end_id) == (-1, -1)
+  assert inferred.tokenizer.image_slot_id == inferred.model.image_slot_id
   inferred.model.connector.kind = "linear"
   model = multimodal.Multimodal(inferred.model, rngs=nnx.Rngs(4))
   perturb_kosmos(model, seed=4)

@@ -8,6 +8,7 @@ before it, so the k-th image of a row can be matched to the k-th image span.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -174,6 +175,23 @@ def test_pair_is_image_then_caption(source_dirs):
                              atol=3)  # JPEG
 
 
+def test_pipeline_without_image_boundaries(source_dirs):
+  """A tokenizer with no <image> / </image> (LLaVA): a pair is <s>, N slots, its caption."""
+  tokenizer = defaults.tokenizer()
+  tokenizer.update(image_start_id=-1, image_end_id=-1)
+  batch = next(iter(pipeline.make_dataset(data_config(source_dirs), tokenizer, image_size=S,
+                                          tokens_per_image=N)))
+  assert not np.isin(batch["tokens"], [TOK.image_start_id, TOK.image_end_id]).any()
+  slots = batch["tokens"] == TOK.image_slot_id
+  assert slots.sum() == N * batch["image_mask"].sum() > 0
+  pair = {"pair": source_dirs["pair"]}
+  batch = next(iter(pipeline.make_dataset(data_config(pair), tokenizer, image_size=S,
+                                          tokens_per_image=N)))
+  doc = batch["tokens"][0][batch["segment_ids"][0] == 1]
+  assert doc[0] == TOK.bos_id and (doc[1:N + 1] == TOK.image_slot_id).all()
+  assert TOK.decode(doc[N + 1:]).startswith("[r=")
+
+
 def test_mixing_matches_token_weights(source_dirs):
   it = iter(make(data_config(source_dirs, global_batch_size=2)))
   counts = np.zeros(4)
@@ -235,6 +253,41 @@ def test_packer_splits_long_docs_outside_image_spans_and_drops_nothing():
         owner.append(next(i for i, d in enumerate(docs) if ref in d["tokens"]))
     np.testing.assert_array_equal(row["images"][:len(owner), 0, 0, 0], owner)
   assert np.mean([(r["segment_ids"] > 0).mean() for r in rows]) > 0.8
+
+
+@pytest.mark.parametrize("start,end", [(-1, -1), (TOK.image_start_id, -1)])
+def test_packer_finds_spans_without_boundary_tokens(start, end):
+  """LLaVA's layout (slots alone) and one without </image>: the spans are the slots in runs
+  of N (two adjacent images make one run of 2N), never cut, counted as images."""
+  span = [start] * (start >= 0) + [TOK.image_slot_id] * N + [end] * (end >= 0)
+  docs = _docs([300, 40, 70, 150])
+  for doc, at in zip(docs, [(10, 10, 60, 150), (), (30,), (5,)]):
+    tokens = doc["tokens"].tolist()
+    for a in sorted(at, reverse=True):
+      tokens[a:a] = span
+    doc.update(tokens=np.array(tokens, np.int32), images=np.zeros((len(at), S, S, 3), np.uint8))
+  spec = packing.PackSpec(seq_len=64, max_images=2, image_size=S, bins=3, min_piece=8,
+                          image_start_id=start, image_end_id=end, tokens_per_image=N)
+  rows = list(packing.PackIterDataset(grain.MapDataset.source(docs).to_iter_dataset(), spec))
+  images = 0
+  for row in rows:
+    k = 0
+    for s in range(1, row["segment_ids"].max() + 1):
+      doc = row["tokens"][row["segment_ids"] == s]
+      slots = np.flatnonzero(doc == TOK.image_slot_id)
+      runs = slots.reshape(-1, N)  # fails unless whole spans
+      assert (np.diff(runs, axis=1) == 1).all()
+      if start >= 0:
+        assert (doc[runs[:, 0] - 1] == start).all()
+      k += len(runs)
+    assert row["image_mask"].sum() == k
+    images += k
+  got = np.concatenate([r["tokens"][r["segment_ids"] > 0] for r in rows])
+  want = np.concatenate([d["tokens"] for d in docs])
+  assert images == 6 and sorted(got[got >= 100].tolist()) == sorted(want[want >= 100].tolist())
+  with pytest.raises(ValueError, match="tokens_per_image"):
+    list(packing.PackIterDataset(grain.MapDataset.source(docs).to_iter_dataset(),
+                                 dataclasses.replace(spec, tokens_per_image=0)))
 
 
 def test_process_shards_are_disjoint(source_dirs):

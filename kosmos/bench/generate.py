@@ -27,6 +27,7 @@ from flax import nnx
 
 from kosmos import configs
 from kosmos.bench import report
+from kosmos.data import tokenizer as tokenizer_lib
 from kosmos.infer import cache as cache_lib
 from kosmos.infer import generate as generate_lib
 from kosmos.model import multimodal
@@ -47,13 +48,12 @@ def make_batch(config, batch_size: int, prompt_len: int, num_images: int, seed: 
   tokens = rng.integers(8, config.model.decoder.vocab_size, (batch_size, prompt_len)).astype(np.int32)
   tokens[:, 0] = tok.bos_id
   at = 1
+  span = tokenizer_lib.image_span(tok, n)
   for _ in range(num_images):
-    if at + n + 2 > prompt_len:
+    if at + len(span) > prompt_len:
       raise ValueError(f"--prompt-len {prompt_len} cannot hold {num_images} images of {n} tokens")
-    tokens[:, at] = tok.image_start_id
-    tokens[:, at + 1:at + 1 + n] = tok.image_slot_id
-    tokens[:, at + 1 + n] = tok.image_end_id
-    at += n + 2
+    tokens[:, at:at + len(span)] = span
+    at += len(span)
   size = config.model.vision.image_size
   return {"tokens": tokens, "lengths": np.full((batch_size,), prompt_len, np.int32),
           "images": rng.integers(0, 256, (batch_size, num_images, size, size, 3), dtype=np.uint8),

@@ -33,6 +33,7 @@ import numpy as np
 
 from kosmos import sharding
 from kosmos.bench import report
+from kosmos.data import tokenizer as tokenizer_lib
 from kosmos.model import multimodal
 from kosmos.train import flops as flops_lib
 from kosmos.train import step as step_lib
@@ -45,20 +46,18 @@ def make_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np
   `max_images_per_row` image spans each followed by equal text, then text to the end."""
   data, tok = config.data, config.tokenizer
   b, seq, m = data.global_batch_size, data.seq_len, data.max_images_per_row
-  n = multimodal.tokens_per_image(config.model)
-  if m * (n + 2) + 2 > seq:
-    raise ValueError(f"data.max_images_per_row={m} spans of {n} + 2 tokens do not fit "
+  span = tokenizer_lib.image_span(tok, multimodal.tokens_per_image(config.model))
+  if m * len(span) + 2 > seq:
+    raise ValueError(f"data.max_images_per_row={m} spans of {len(span)} tokens do not fit "
                      f"data.seq_len={seq}")
   rng = np.random.default_rng(seed)
   tokens = rng.integers(8, config.model.decoder.vocab_size, (b, seq)).astype(np.int32)
   tokens[:, 0] = tok.bos_id
-  text_between = (seq - 1 - m * (n + 2)) // max(m, 1)
+  text_between = (seq - 1 - m * len(span)) // max(m, 1)
   at = 1
   for _ in range(m):
-    tokens[:, at] = tok.image_start_id
-    tokens[:, at + 1:at + 1 + n] = tok.image_slot_id
-    tokens[:, at + 1 + n] = tok.image_end_id
-    at += n + 2 + text_between
+    tokens[:, at:at + len(span)] = span
+    at += len(span) + text_between
   targets = np.roll(tokens, -1, axis=1)
   special = (tokens == tok.image_slot_id) | (targets == tok.image_slot_id) | (targets == tok.image_end_id)
   size = config.model.vision.image_size

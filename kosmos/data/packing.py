@@ -2,7 +2,8 @@
 
 Input elements ("docs", made by `kosmos.data.pipeline`):
 
-    tokens  int32 [l]           `<s> text <image>[N slots]</image> ... </s>`
+    tokens  int32 [l]           `<s> text <image>[N slots]</image> ... </s>` (a boundary
+                                whose id is -1 absent: spans are then found from the slots)
     images  uint8 [m, S, S, 3]  one per `<image>` token, in order
     vectors float32 [v, D]      one per vector-slot token, in order (D may be 0)
     kind    int                 KIND_IDS value of the record
@@ -64,8 +65,9 @@ class PackSpec:
   vector_dim: int = 0  # D (0: no vectors in the batch)
   bins: int = 8
   min_piece: int = 16
-  image_start_id: int = 4
-  image_end_id: int = 5
+  image_start_id: int = 4  # -1: absent (spans are then found from the slots)
+  image_end_id: int = 5  # -1: absent
+  tokens_per_image: int = 0  # N; needed only when a boundary token is absent
   vector_slot_id: int = 7
   image_slot_id: int = 6
   source_names: tuple[str, ...] = ("source",)
@@ -84,16 +86,19 @@ class _Doc:
     self.images = element["images"]
     self.vectors = element["vectors"]
     self.kind = int(element["kind"])
-    self.image_starts = np.flatnonzero(self.tokens == spec.image_start_id)
+    # Span s covers [image_starts[s], span_ends[s]); a cut c is illegal when start < c < end.
+    if spec.image_start_id >= 0 and spec.image_end_id >= 0:
+      self.image_starts = np.flatnonzero(self.tokens == spec.image_start_id)
+      self.span_ends = np.flatnonzero(self.tokens == spec.image_end_id) + 1
+      if len(self.span_ends) != len(self.image_starts):
+        raise ValueError(f"doc has {len(self.image_starts)} image starts but "
+                         f"{len(self.span_ends)} image ends")
+    else:
+      self.image_starts, self.span_ends = _spans_from_slots(self.tokens, spec)
     self.vector_pos = np.flatnonzero(self.tokens == spec.vector_slot_id)
     if len(self.image_starts) != len(self.images) or len(self.vector_pos) != len(self.vectors):
       raise ValueError(f"doc has {len(self.image_starts)} image spans for {len(self.images)} "
                        f"images, {len(self.vector_pos)} vector slots for {len(self.vectors)}")
-    # Span s covers [start, end); a cut c is illegal when start < c < end.
-    self.span_ends = np.flatnonzero(self.tokens == spec.image_end_id) + 1
-    if len(self.span_ends) != len(self.image_starts):
-      raise ValueError(f"doc has {len(self.image_starts)} image starts but "
-                       f"{len(self.span_ends)} image ends")
 
   def count(self, positions: np.ndarray, lo: int, hi: int) -> int:
     return int(np.searchsorted(positions, hi) - np.searchsorted(positions, lo))
@@ -104,6 +109,25 @@ class _Doc:
     if i >= 0 and c < self.span_ends[i]:
       return int(self.image_starts[i])
     return c
+
+
+def _spans_from_slots(tokens: np.ndarray, spec: PackSpec) -> tuple[np.ndarray, np.ndarray]:
+  """(starts, ends) of the image spans when `<image>` or `</image>` is absent (-1): the slot
+  tokens in runs of `tokens_per_image`, widened by the boundary that exists."""
+  n = spec.tokens_per_image
+  if n < 1:
+    raise ValueError("PackSpec.tokens_per_image must be >= 1 when image_start_id or "
+                     "image_end_id is -1 (image spans are then found from their slots)")
+  slots = np.flatnonzero(tokens == spec.image_slot_id)
+  runs = slots.reshape(-1, n) if len(slots) % n == 0 else None
+  if runs is None or (np.diff(runs, axis=1) != 1).any():
+    raise ValueError(f"doc's {len(slots)} image slots are not runs of tokens_per_image={n}")
+  starts = runs[:, 0] - (spec.image_start_id >= 0)
+  ends = runs[:, -1] + 1 + (spec.image_end_id >= 0)
+  if (spec.image_start_id >= 0 and (tokens[starts] != spec.image_start_id).any()) or (
+      spec.image_end_id >= 0 and (tokens[ends - 1] != spec.image_end_id).any()):
+    raise ValueError("doc has an image span without its <image> or </image> token")
+  return starts, ends
 
 
 @dataclasses.dataclass

@@ -141,9 +141,7 @@ class RecordToDoc(grain.transforms.Map):
           counts[S["image_" + e.reason]] += 1
           bad = True
           continue
-        tokens.append(tok.image_start_id)
-        tokens.extend([tok.image_slot_id] * spec.tokens_per_image)
-        tokens.append(tok.image_end_id)
+        tokens.extend(tokenizer_lib.image_span(tok, spec.tokens_per_image))
       elif "vector" in segment:
         if not spec.vector_dim:
           counts[S["vectors_disabled"]] += 1
@@ -157,7 +155,8 @@ class RecordToDoc(grain.transforms.Map):
         vectors.append(vector)
         tokens.append(tok.vector_slot_id)
     tokens.append(tok.eos_id)
-    has_text = len(tokens) - 2 - len(pixels) * (spec.tokens_per_image + 2) - len(vectors) > 0
+    span = len(tokenizer_lib.image_span(tok, spec.tokens_per_image))
+    has_text = len(tokens) - 2 - len(pixels) * span - len(vectors) > 0
     reason = None
     if kind == "pair" and not pixels:
       reason = "pair_without_image"
@@ -256,7 +255,8 @@ def make_dataset(data: ml_collections.ConfigDict, tokenizer: ml_collections.Conf
       max_vectors=data.max_vectors_per_row if vector_dim else 0, vector_dim=vector_dim,
       bins=data.packing_bins, min_piece=data.min_piece_tokens,
       image_start_id=tok.image_start_id, image_end_id=tok.image_end_id,
-      image_slot_id=tok.image_slot_id, vector_slot_id=tok.vector_slot_id, source_names=names,
+      tokens_per_image=tokens_per_image, image_slot_id=tok.image_slot_id,
+      vector_slot_id=tok.vector_slot_id, source_names=names,
       max_bad_fraction=data.max_bad_fraction, bad_check_min_records=data.bad_check_min_records)
   ds = packing.PackIterDataset(mixed, spec)
   ds = ds.batch(data.global_batch_size // process_count, drop_remainder=True)

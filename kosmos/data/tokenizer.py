@@ -3,7 +3,8 @@
 Both classes share one interface (`Tokenizer`): `encode(text) -> list[int]` (no BOS/EOS),
 `decode(ids) -> str` (special ids are skipped), `vocab_size`, and the special ids from
 `config.tokenizer` (`pad_id bos_id eos_id unk_id image_start_id image_end_id image_slot_id
-vector_slot_id`).
+vector_slot_id`; -1 marks an absent `vector_slot_id`, `image_start_id` or `image_end_id`:
+LLaVA's prompts hold an image as its slots alone, see `image_span`).
 
 Guarantee: `encode` never returns `bos/eos/pad/<image>/</image>/<image_slot>/<vector_slot>`
 ids for any text, including text that contains those literal strings. Specials enter a
@@ -61,10 +62,18 @@ class Tokenizer(Protocol):
   def decode(self, ids: Iterable[int]) -> str: ...
 
 
-# Specials a tokenizer may lack (-1): a model with no vector inputs has no vector slot.
-OPTIONAL_FIELDS = ("vector_slot_id",)
+# Specials a tokenizer may lack (-1): a model with no vector inputs has no vector slot;
+# LLaVA writes an image as its slots alone, with no `<image>` / `</image>` around them.
+OPTIONAL_FIELDS = ("vector_slot_id", "image_start_id", "image_end_id")
 # Llama-family vocabularies have no pad piece; their pad may share the unk id.
 MAY_SHARE = frozenset({frozenset({"pad_id", "unk_id"})})
+
+
+def image_span(tok: "Tokenizer", tokens_per_image: int) -> list[int]:
+  """The tokens of one image: `<image>`, `tokens_per_image` slots, `</image>`; a boundary
+  whose id is -1 (absent, as in LLaVA) is left out."""
+  return ([tok.image_start_id] * (tok.image_start_id >= 0) + [tok.image_slot_id] * tokens_per_image
+          + [tok.image_end_id] * (tok.image_end_id >= 0))
 
 
 class _Specials:

@@ -2,7 +2,8 @@
 
 A prompt is `[{"text": str} | {"image": uint8 [H, W, 3] array or encoded bytes}, ...]`
 (the record segments of ARCHITECTURE.md). It becomes `<s> text <image>[N slots]</image>
-text` — the data pipeline's layout, without the closing `</s>` — with images decoded
+text` — the data pipeline's layout, without the closing `</s>`; a boundary token whose id is
+-1 is left out, as in LLaVA — with images decoded
 (`kosmos.data.images`) and resized / centre-cropped to the model's input size.
 `collate` right-pads a list of encoded prompts into the batch `kosmos.infer.generate`
 takes: tokens [B, P], lengths [B], images [B, M, S, S, 3], image_mask [B, M].
@@ -58,9 +59,7 @@ def encode(segments: Sequence[Segment], tok: tokenizer_lib.Tokenizer, *, image_s
       tokens.extend(tok.encode(segment["text"]))
     elif "image" in segment:
       pixels.append(load_image(segment["image"], image_size))
-      tokens.append(tok.image_start_id)
-      tokens.extend([tok.image_slot_id] * tokens_per_image)
-      tokens.append(tok.image_end_id)
+      tokens.extend(tokenizer_lib.image_span(tok, tokens_per_image))
     else:
       raise ValueError(f"segment {i} has keys {sorted(segment)}; valid: 'text' or 'image'")
   return Encoded(tokens, pixels)

@@ -313,7 +313,10 @@ def from_hf_json(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None
     slot = hf.get("image_token_index", hf.get("image_token_id", 32000))
     config.model.image_slot_id = slot
     config.model.vector_slot_id = -1
-    config.tokenizer = _tokenizer(hf["text_config"], unk_id=0, image_slot_id=slot, vector_slot_id=-1)
+    # LLaVA's prompts hold an image as its slots alone: no <image> / </image> around them
+    # (ids 4 / 5, the defaults, are byte pieces <0x01> / <0x02> in a Llama vocabulary).
+    config.tokenizer = _tokenizer(hf["text_config"], unk_id=0, image_slot_id=slot,
+                                  vector_slot_id=-1, image_start_id=-1, image_end_id=-1)
     return mapping.LLAVA, config
   if kind == "llama":
     config.model = ml_collections.ConfigDict(dict(decoder=_decoder_from_llama(hf)))
