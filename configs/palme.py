@@ -19,8 +19,9 @@ RMSNorm eps 1e-5, vocab 32000, untied embeddings: 6.74B parameters. Vision: CLIP
 at 224 px (0.30B), penultimate layer, 256 patch tokens (no class token), frozen. Connector:
 2-layer GELU MLP 1024 -> 4096 -> 4096 (21M), fresh. 7.06B parameters in all; the LM and the
 connector train (PaLM-E trains end to end; set --config.optim.frozen='()' for that).
-Image spans hold 256 slot tokens; the slot id is 32000, one past the Llama vocabulary, so
-every Llama token stays a text token (slots are never embedded). For the same reason
+Image spans hold 256 slot tokens and nothing else (no `<image>` / `</image>`, as in LLaVA);
+the slot id is 32000, one past the Llama vocabulary, so every Llama token stays a text
+token (slots are never embedded). For the same reason
 `kosmos-export --format hf` refuses this config (transformers' LLaVA needs an in-vocabulary
 image token; llava-hf pads the vocabulary to 32064): export with `--format params`, or start
 from an imported llava-hf checkpoint (vocabulary 32064, slot 32000), which exports both ways.
@@ -64,9 +65,10 @@ def get_config(arg=None):
                                            decoder=decoder_config)
   config.model.image_slot_id = VOCAB  # one past the vocabulary: never embedded
   config.model.vector_slot_id = -1
-  # Llama's SentencePiece ids (as kosmos-import writes them).
+  # Llama's SentencePiece ids (as kosmos-import writes them). LLaVA's and PaLM-E's layout:
+  # an image is its slots alone, no <image> / </image> (ids 4 / 5 are byte pieces in Llama).
   config.tokenizer.update(unk_id=0, pad_id=0, bos_id=1, eos_id=2, image_slot_id=VOCAB,
-                          vector_slot_id=-1)
+                          vector_slot_id=-1, image_start_id=-1, image_end_id=-1)
 
   config.data.update(seq_len=2048, global_batch_size=512, max_images_per_row=6)
   config.data.sources = ml_collections.ConfigDict({

@@ -448,6 +448,7 @@ def test_palme_import_lm_and_vision(tmp_path, variant):
   config, model = load_kosmos(wd)
   assert config.model.connector.kind == "resampler" and config.model.vision.variant == variant
   assert multimodal.tokens_per_image(config.model) == 8
+  assert (config.tokenizer.image_start_id, config.tokenizer.image_end_id) == (-1, -1)
   images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.uint8)
   ours = np.asarray(model.vision(images)[0])
   with torch.no_grad():

@@ -218,7 +218,9 @@ def import_palme(lm: str, vision_dir: str, out: str, *, connector: str = "mlp",
   inferred.model = multimodal.default_config(vision=v, connector=c, decoder=d)
   inferred.model.image_slot_id = d.vocab_size  # Llama has no free id; slots are never embedded
   inferred.model.vector_slot_id = -1
-  inferred.tokenizer.update(image_slot_id=d.vocab_size, vector_slot_id=-1)
+  # PaLM-E / LLaVA layout: an image is its slots alone (no <image> / </image> in Llama's vocab)
+  inferred.tokenizer.update(image_slot_id=d.vocab_size, vector_slot_id=-1, image_start_id=-1,
+                            image_end_id=-1)
   if config is not None:
     diffs = hf_config.differences(config.model, inferred.model, ("decoder",))
     vision_fields = ml_collections.ConfigDict({k: v[k] for k in v if k not in (
