@@ -75,7 +75,8 @@ class Episodes:
     """The tokens standing for one image of `key`."""
     if self.layout == "bare":
       return [key]
-    return [self.start_id] + [key] * self.image_tokens + [self.end_id] * (self.layout == "kosmos")
+    end = self.layout == "kosmos" and self.end_id >= 0  # -1: the tokenizer has none (LLaVA)
+    return [self.start_id] * (self.start_id >= 0) + [key] * self.image_tokens + [self.end_id] * end
 
   def longest(self, shots: int) -> int:
     """Tokens of a training episode with `shots` rounds (query word and period included)."""
