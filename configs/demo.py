@@ -21,11 +21,13 @@ episodes (8 supports + a query) occur in training. Measured (docs/performance.md
 2026-11-23): in the default 700 steps the loss falls from 4.5 (first 25 steps) to 0.55 and
 the images are used (CIDEr 156.5 / 111.3 / 121.0 / 122.2 at 0/1/2/4 shots against 67.8 /
 66.1 / 69.3 / 68.8 with gray images; colour questions 67.5 / 62.5 / 56.7 / 52.5 against
-30.8 / 31.7 / 29.2 / 28.3); in-context fast binding does not emerge in this budget (chance
-at 4 shots, also at 1 400 steps). The reason is the layout: the word follows the constant
-`</image>` and is predicted there, so the copy circuit must match two tokens back; with
-this decoder on symbolic episodes that does not form within 600 steps where the one-back
-match forms by 250 (`kosmos.bench.binding --layout kosmos`, docs/performance.md, Demo).
+30.8 / 31.7 / 29.2 / 28.3); in-context fast binding does not emerge (chance at 4 shots).
+Two reasons, measured (docs/performance.md, Demo): the word follows the constant `</image>`,
+so the copy circuit must match two tokens back, which this decoder does not learn within
+600 steps on symbolic episodes where the one-back match forms by 250
+(`kosmos.bench.binding --layout kosmos`); and with images for keys it does not form even
+without `</image>`, with 2 tokens per image, binding-dense data and 3 000 steps, nor when
+the query image is a pixel-identical copy of its supports.
 """
 
 import ml_collections

@@ -6,9 +6,10 @@ every stage's outputs, the HF export answering as the JAX model does, the loss f
 VQA colour questions above the image-ablated model, 0-shot binding at chance. The full
 plan (`make demo`, marked slow) asserts that the images are used: captioning CIDEr and
 colour accuracy above the same model with gray images. Its binding test is an expected
-failure: 4-shot binding stays at chance in the demo's budget, also with the levers tried
-(docs/performance.md, "Demo": the symbolic benchmark shows the copy circuit needs a few
-hundred steps of binding-dense data after perception, which these budgets do not give)."""
+failure: 4-shot binding stays at chance in the demo's budget, and also in 3 000 steps of
+binding-dense data with identical support and query images (docs/performance.md, "Demo":
+with symbols for keys the copy circuit forms in 250-400 steps; with image tokens for keys
+it has not formed in any budget measured)."""
 
 from __future__ import annotations
 
@@ -179,11 +180,12 @@ def test_demo_full_images_are_used(full):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="fast binding does not emerge in 700 (or 1 400) steps "
-                   "on 2 cores: 4-shot accuracy measured at chance, also once the images are "
-                   "used (new init) and with identical query images; the symbolic benchmark "
-                   "(kosmos.bench.binding) needs 350-1 000 steps of pure binding data alone "
-                   "(docs/performance.md, Demo)")
+@pytest.mark.xfail(strict=False, reason="fast binding does not emerge in 700 steps on 2 "
+                   "cores: 4-shot accuracy measured at chance, also in 3 000 steps of "
+                   "binding-dense data without </image> and with 2 tokens per image, and with "
+                   "support and query images pixel-identical (docs/performance.md, Demo, sixth "
+                   "session); the symbolic benchmark (kosmos.bench.binding) forms the same "
+                   "match in 250-400 steps of pure binding data")
 def test_demo_full_binding_improves_with_shots(full):
   binding = _by_shots(full["results"]["binding"])
   assert 35.0 <= binding[0] <= 65.0, binding
