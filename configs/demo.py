@@ -27,7 +27,9 @@ so the copy circuit must match two tokens back, which this decoder does not lear
 600 steps on symbolic episodes where the one-back match forms by 250
 (`kosmos.bench.binding --layout kosmos`); and with images for keys it does not form even
 without `</image>`, with 2 tokens per image, binding-dense data and 3 000 steps, nor when
-the query image is a pixel-identical copy of its supports.
+the query image is a pixel-identical copy of its supports: the image token right before
+the word differs between an episode's two kinds by a third of the distance between two
+words or less (the attention pool averages mostly the shared background).
 """
 
 import ml_collections
