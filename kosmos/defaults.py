@@ -20,7 +20,8 @@ import ml_collections
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 IMAGE_START_ID, IMAGE_END_ID, IMAGE_SLOT_ID, VECTOR_SLOT_ID = 4, 5, 6, 7
 
-# Logical axis -> mesh axes. Params: vocab, embed, mlp, heads, kv_heads, head_dim, latents.
+# Logical axis -> mesh axes. Params: vocab, embed, mlp, heads, kv_heads, head_dim, latents,
+# layers (the leading axis of scanned stacks, never sharded).
 # Activations: batch, length, act_embed, act_mlp, act_heads.
 SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
@@ -31,6 +32,7 @@ SHARDING_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("latents", None),
+    ("layers", None),
     ("length", None),
     ("act_embed", None),
     ("act_mlp", "tensor"),
@@ -79,6 +81,7 @@ def optim() -> ml_collections.ConfigDict:
       peak_lr=2e-4, end_lr_fraction=0.0, warmup_steps=375, decay="linear",
       b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0, z_loss=0.0,
       accum_steps=1,
+      loss_chunk=0,  # positions whose logits exist at once (kosmos.train.loss); 0 = all
       trainable=(".*",),  # param-path regexes that train; the rest is frozen
       frozen=(),  # param-path regexes frozen even if matched above
   ))

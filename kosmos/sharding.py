@@ -153,9 +153,18 @@ def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
     _CONTEXT.mesh, _CONTEXT.rules = previous
 
 
+def active_mesh() -> Mesh | None:
+  """The mesh of the enclosing `use_mesh`, or None outside one."""
+  return _CONTEXT.mesh
+
+
+def spec_for(shape: Sequence[int], axes: Sequence[str | None]) -> PartitionSpec:
+  """The PartitionSpec of logical `axes` under the active mesh and rules (`use_mesh`)."""
+  return _fits(shape, logical_to_spec(axes, _CONTEXT.rules), _CONTEXT.mesh)
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical axes when a mesh is active; identity otherwise."""
   if _CONTEXT.mesh is None:
     return x
-  spec = _fits(x.shape, logical_to_spec(axes, _CONTEXT.rules), _CONTEXT.mesh)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(_CONTEXT.mesh, spec))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(_CONTEXT.mesh, spec_for(x.shape, axes)))

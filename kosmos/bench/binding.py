@@ -42,7 +42,7 @@ from flax import nnx
 from kosmos.bench import report
 from kosmos.model import decoder as decoder_lib
 from kosmos.train import optimizer as optimizer_lib
-from kosmos.train import step as step_lib
+from kosmos.train import loss as loss_lib
 
 EVAL_SHOTS = (0, 1, 4)
 FIRST_ID = 8  # ids below are the tokenizer's specials
@@ -120,7 +120,7 @@ class Episodes:
 
 def _loss(model: decoder_lib.Decoder, batch: dict[str, jax.Array]) -> jax.Array:
   logits, _ = model(model.embed(batch["tokens"]), batch["positions"], batch["segment_ids"])
-  terms = step_lib.loss_terms(logits, batch, z_loss=0.0)  # the trainer's cross-entropy
+  terms = loss_lib.loss_terms(logits, batch, z_loss=0.0)  # the trainer's cross-entropy
   return terms["ce_sum"] / terms["count"]
 
 

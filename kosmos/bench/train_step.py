@@ -99,7 +99,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 10) -> dict[str, Any]
   step_s = statistics.median(times)
   data = config.data
   analytic = flops_lib.step_flops(config, flops_lib.trainable_vision_layers(
-      run_setup.abstract_state.params, config.model.vision.depth))
+      run_setup.abstract_state.params, config.model.vision.depth,
+      run_setup.layer_masks))
   count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))
   kind = str(jax.devices()[0].device_kind)
   return {

@@ -327,7 +327,9 @@ def from_hf_json(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None
                     "'llama' (LlamaForCausalLM)")
 
 
-_IGNORED = {"dtype", "param_dtype", "remat", "max_len"}
+# How a model runs, not what it computes: a config may choose these freely.
+_IGNORED = {"dtype", "param_dtype", "remat", "max_len", "scan_layers", "attention",
+            "attention_block"}
 
 
 def differences(given: ml_collections.ConfigDict, inferred: ml_collections.ConfigDict,

@@ -29,12 +29,15 @@ from kosmos.interop import stream
 from kosmos.model import connector as connector_lib
 from kosmos.model import lora
 from kosmos.model import multimodal
+from kosmos.model import stack
 
 DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
 
 
 def abstract_params(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Pure dict of ShapeDtypeStructs of `Multimodal(model_config)`'s params (nothing allocated)."""
+  """Pure dict of ShapeDtypeStructs of `Multimodal(model_config)`'s params (nothing
+  allocated), in the per-layer layout whether or not the config scans its layers."""
+  model_config = stack.per_layer_config(model_config)
   model = nnx.eval_shape(lambda: multimodal.Multimodal(model_config, rngs=nnx.Rngs(0)))
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -126,13 +129,17 @@ def export_hf(src: str, out: str, *, step: int | None = None, max_shard_size: st
   if linear:
     plan += [(mapping.LLAVA_LINEAR_2 + ".weight", (d_model, d_model), out_dtype),
              (mapping.LLAVA_LINEAR_2 + ".bias", (d_model,), out_dtype)]
+  # Scanned checkpoints hold [L, ...] arrays: read each once, its layers consecutively.
+  reader = stack.LayerReader(lambda path, like: stream.read_param(params_dir, path, like), model)
+  order = sorted(range(len(entries)), key=lambda i: reader.order(entries[i].kosmos))
+  entries, plan = [entries[i] for i in order], [plan[i] for i in order]
   os.makedirs(out, exist_ok=True)
   writer = stream.ShardedWriter(out, plan, stream.parse_size(max_shard_size))
   for e in entries:
-    value = stream.read_param(params_dir, e.kosmos, leaf[e.kosmos])
+    value = reader.read(e.kosmos, leaf[e.kosmos])
     adapters = [e.kosmos[:-1] + (name,) for name in lora.ADAPTERS]
     if e.kosmos[-1] == "kernel" and all(a in leaf for a in adapters):
-      value = lora.fold_kernel(value, *(stream.read_param(params_dir, a, leaf[a]) for a in adapters),
+      value = lora.fold_kernel(value, *(reader.read(a, leaf[a]) for a in adapters),
                                lora.spec_of(model.decoder).scale)
     writer.write(e.hf, np.ascontiguousarray(mapping.to_hf(e.kind, value)).astype(out_dtype, copy=False))
     del value

@@ -33,6 +33,7 @@ from kosmos.interop import mapping
 from kosmos.interop import stream
 from kosmos.model import connector as connector_lib
 from kosmos.model import multimodal
+from kosmos.model import stack
 from kosmos.model import vision as vision_lib
 
 _SPM_FILES = ("tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
@@ -90,6 +91,7 @@ def _check_identity_linear_2(reader: stream.SafetensorsReader, used: set[str]) -
 def fresh_params(part: str, model: ml_collections.ConfigDict, seed: int) -> dict:
   """Freshly initialised params of one part ('vision' or 'connector') as numpy."""
   rngs = nnx.Rngs(seed)
+  model = stack.per_layer_config(model)
   if part == "vision":
     module = vision_lib.VisionTransformer(model.vision, rngs=rngs)
   else:
@@ -126,6 +128,10 @@ def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set
     if unused:
       log(f"ignored {len(unused)} tensors of {reader.directory!r} with no kosmos counterpart, "
           f"e.g. {unused[:4]}")
+  parts = stack.scanned_parts(config.model)
+  if parts:  # the config's layout on disk: [L, ...] arrays
+    params = {k: stack.stack(v) if k in parts else v for k, v in params.items()}
+    got = hf_export.leaves(params)
   os.makedirs(out, exist_ok=True)
   workdir.save_config(config, out)
   total = sum(v.nbytes for v in got.values())

@@ -25,8 +25,11 @@ import ml_collections
 from flax import nnx
 
 from kosmos import sharding
+from kosmos.model import attention as attention_lib
 from kosmos.model import layers
 from kosmos.model import lora as lora_lib
+from kosmos.model import remat as remat_lib
+from kosmos.model import stack as stack_lib
 
 
 class Family(str, enum.Enum):
@@ -47,7 +50,11 @@ def default_config() -> ml_collections.ConfigDict:
       head_dim=0,  # 0 = d_model // num_heads
       ffn_dim=8192, positions="xpos", position_offset=0, rope_theta=10000.0,
       xpos_scale_base=512.0, max_len=2048, norm_eps=1e-5, tie_embeddings=True,
-      scale_embeddings=True, dtype="float32", param_dtype="float32", remat="none",
+      scale_embeddings=True, dtype="float32", param_dtype="float32",
+      remat="none",  # kosmos.model.remat: none | full | dots | dots_all | qkv | qkv_attn ...
+      attention="xla",  # kosmos.model.attention: xla | splash (TPU) | cudnn (GPU)
+      attention_block=512,  # splash block size (q and kv, forward and backward)
+      scan_layers=False,  # blocks stacked [L, ...] and run under lax.scan (kosmos.model.stack)
       # Token embedding init std. torchscale (KOSMOS-1/2) uses d_model**-0.5, so that the
       # sqrt(d)-scaled embeddings are O(1) like the sinusoidal positions; at 0.02 they are
       # ~sqrt(d)/50 of that and content (tokens, image embeddings) starts drowned by position.
@@ -75,6 +82,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   kv = config.num_kv_heads or config.num_heads
   if config.num_heads % kv:
     raise ValueError(f"decoder num_heads={config.num_heads} not a multiple of num_kv_heads={kv}")
+  remat_lib.check(config.remat, "decoder.remat")
+  attention_lib.check(config.get("attention", "xla"), "decoder.attention",
+                      config.get("attention_block", 512))
   lora_lib.check_config(config)
 
 
@@ -96,7 +106,9 @@ class Block(nnx.Module):
         head_dim=config.head_dim or None, use_bias=magneto, inner_norm=magneto,
         norm_eps=config.norm_eps, rotary=rotary, rope_theta=config.rope_theta,
         xpos_scale_base=config.xpos_scale_base, xpos_center=config.max_len // 2,
-        std=std, out_std=out_std, qk_std=config.get("qk_init_std") or None, lora=lora, **kw)
+        std=std, out_std=out_std, qk_std=config.get("qk_init_std") or None, lora=lora,
+        impl=config.get("attention", "xla"), causal=True,
+        block=config.get("attention_block", 512), **kw)
     self.mlp_norm = layers.norm(config.d_model, rms=not magneto, eps=config.norm_eps, **kw)
     if magneto:
       self.mlp = layers.Mlp(config.d_model, config.ffn_dim, act=layers.Activation.GELU,
@@ -105,8 +117,10 @@ class Block(nnx.Module):
     else:
       self.mlp = layers.GatedMlp(config.d_model, config.ffn_dim, std=std, lora=lora, **kw)
 
-  def __call__(self, x_btd, mask_b1ts, positions_bt, cache=None, cache_index_b=None):
-    y, cache = self.attn(self.attn_norm(x_btd), mask_b1ts=mask_b1ts, positions_bt=positions_bt,
+  def __call__(self, x_btd, mask_b1ts, positions_bt, segment_ids_bt=None, cache=None,
+               cache_index_b=None):
+    y, cache = self.attn(self.attn_norm(x_btd), mask_b1ts=mask_b1ts,
+                         segment_ids_bt=segment_ids_bt, positions_bt=positions_bt,
                          cache=cache, cache_index_b=cache_index_b)
     x_btd = x_btd + y
     x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
@@ -131,7 +145,10 @@ class Decoder(nnx.Module):
         embedding_init=nnx.with_partitioning(
             nnx.initializers.normal(config.get("embed_init_std", 0.02)), ("vocab", "embed")),
         rngs=rngs)
-    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    if config.get("scan_layers", False):
+      self.blocks = stack_lib.create(lambda r: Block(config, rngs=r), config.num_layers, rngs)
+    else:
+      self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.norm = layers.norm(config.d_model, rms=not magneto, eps=config.norm_eps, dtype=dtype,
                             param_dtype=pdtype, rngs=rngs)
     self.lm_head = (None if config.tie_embeddings else
@@ -148,14 +165,17 @@ class Decoder(nnx.Module):
   def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, segment_ids_bt: jax.Array, *,
                cache: list[dict] | None = None, cache_index_b: jax.Array | None = None,
                cache_segment_ids_bs: jax.Array | None = None,
-               cache_positions_bs: jax.Array | None = None) -> tuple[jax.Array, dict]:
+               cache_positions_bs: jax.Array | None = None,
+               return_logits: bool = True) -> tuple[jax.Array | None, dict]:
     """Runs the blocks on (image-filled) embeddings.
 
     Training: causal attention within packed documents (`segment_ids_bt`, 0 = padding).
     Decoding with a cache: `cache` holds per-layer {"k","v"} of S slots;
     `cache_segment_ids_bs` / `cache_positions_bs` describe the slots AFTER this call's
     tokens are written at `cache_index_b` (positions give the causal order).
-    Returns (logits [b, t, vocab] float32, aux {"hidden": final normed states}).
+    Returns (logits [b, t, vocab] float32, aux {"hidden": final normed states}); with
+    `return_logits=False` the logits are None (the trainer's chunked loss projects the
+    hidden states itself, `head_weight`).
     """
     config = self.config
     x_btd = x_btd * jnp.asarray(self.embed_scale, x_btd.dtype)
@@ -163,26 +183,41 @@ class Decoder(nnx.Module):
       x_btd = x_btd + layers.sinusoidal(positions_bt, config.d_model,
                                         config.position_offset).astype(x_btd.dtype)
     x_btd = sharding.constrain(x_btd, ("batch", "length", "act_embed"))
+    scanned = stack_lib.is_stack(self.blocks)
+    new_cache = []
     if cache is None:
-      mask = layers.attention_mask(segment_ids_bt, segment_ids_bt, causal=True)
+      splash = config.get("attention", "xla") == attention_lib.Impl.SPLASH
+      mask = None if splash else layers.attention_mask(segment_ids_bt, segment_ids_bt, causal=True)
+      if scanned:
+        x_btd = stack_lib.run(self.blocks, x_btd, mask, positions_bt, segment_ids_bt,
+                              remat=config.remat)
+      else:
+        for block in self.blocks:
+          x_btd, _ = layers.remat_call(block, config.remat, x_btd, mask, positions_bt,
+                                       segment_ids_bt)
     else:
       mask = layers.attention_mask(segment_ids_bt, cache_segment_ids_bs, causal=True,
                                    index_q_bt=positions_bt, index_k_bs=cache_positions_bs)
-    new_cache = []
-    for i, block in enumerate(self.blocks):
-      layer_cache = None if cache is None else cache[i]
-      if cache is None:
-        x_btd, _ = layers.remat_call(block, config.remat, x_btd, mask, positions_bt)
-      else:
-        x_btd, layer_cache = block(x_btd, mask, positions_bt, layer_cache, cache_index_b)
+      for i in range(config.num_layers):
+        block = stack_lib.layer(self.blocks, i) if scanned else self.blocks[i]
+        x_btd, layer_cache = block(x_btd, mask, positions_bt, None, cache[i], cache_index_b)
         new_cache.append(layer_cache)
     hidden = self.norm(x_btd)
-    if self.lm_head is None:
-      logits = self.embed_tokens.attend(hidden)
-    else:
-      logits = self.lm_head(hidden)
-    logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
     aux = {"hidden": hidden}
     if cache is not None:
       aux["cache"] = new_cache
-    return logits, aux
+    return (self.logits(hidden) if return_logits else None), aux
+
+  def head_weight(self) -> jax.Array:
+    """The output projection as [d, vocab] (the embedding table transposed when tied)."""
+    if self.lm_head is None:
+      return self.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, hidden_btd: jax.Array) -> jax.Array:
+    """Final hidden states -> logits [b, t, vocab] float32."""
+    if self.lm_head is None:
+      logits = self.embed_tokens.attend(hidden_btd)
+    else:
+      logits = self.lm_head(hidden_btd)
+    return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from kosmos import sharding
+from kosmos.model import attention as attention_lib
 from kosmos.model import lora as lora_lib
+from kosmos.model import remat as remat_lib
 
 # Flax >= 0.12 would otherwise try to shard at creation; we lay params out from their
 # logical names ourselves (kosmos.sharding.param_shardings).
@@ -159,11 +161,12 @@ class Rotary(str, enum.Enum):
 
 
 class Attention(nnx.Module):
-  """Multi-head (grouped-query) attention through `jax.nn.dot_product_attention`.
+  """Multi-head (grouped-query) attention; `impl` picks the kernel (kosmos.model.attention).
 
   q_proj [d, n*k], k_proj/v_proj [dkv, g*k], o_proj [n*k, d]. `inner_norm` is Magneto's
   Sub-LN: a LayerNorm on the attention output before o_proj (Kosmos-2 `inner_attn_ln`).
-  Self-attention when `kv_bsd` is None, else cross-attention over `kv_bsd`.
+  Self-attention when `kv_bsd` is None, else cross-attention over `kv_bsd`. q, k, v, the
+  context and the output projection carry remat names (kosmos.model.remat).
   """
 
   def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
@@ -172,7 +175,12 @@ class Attention(nnx.Module):
                rope_theta: float = 10000.0, xpos_scale_base: float = 512.0, xpos_center: int = 0,
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, std: float = 0.02,
                out_std: float | None = None, qk_std: float | None = None,
-               lora: lora_lib.Spec | None = None, rngs: nnx.Rngs):
+               lora: lora_lib.Spec | None = None, impl: str = attention_lib.Impl.XLA,
+               causal: bool = False, block: int = 512, rngs: nnx.Rngs):
+    attention_lib.check(impl, "attention")
+    self.impl = attention_lib.Impl(impl)
+    self.causal = causal  # splash builds its causal mask itself (xla/cudnn take `mask_b1ts`)
+    self.block = block
     self.num_heads = num_heads
     self.num_kv_heads = num_kv_heads or num_heads
     if num_heads % self.num_kv_heads:
@@ -206,6 +214,7 @@ class Attention(nnx.Module):
     return x_btnk
 
   def __call__(self, x_btd: jax.Array, *, mask_b1ts: jax.Array | None = None,
+               segment_ids_bt: jax.Array | None = None,
                positions_bt: jax.Array | None = None, kv_bsd: jax.Array | None = None,
                kv_positions_bs: jax.Array | None = None,
                cache: dict[str, jax.Array] | None = None,
@@ -214,7 +223,8 @@ class Attention(nnx.Module):
 
     cache: {"k": [b, S, g, k], "v": [b, S, g, k]} for incremental decoding; the new keys and
     values are written at row offsets `cache_index_b` and attention runs over all S slots
-    (the caller's mask hides unwritten ones).
+    (the caller's mask hides unwritten ones). Decoding and cross-attention always take the
+    xla path; splash uses `segment_ids_bt` (and `self.causal`) instead of `mask_b1ts`.
     """
     b, t, _ = x_btd.shape
     source = x_btd if kv_bsd is None else kv_bsd
@@ -225,16 +235,23 @@ class Attention(nnx.Module):
       q = self._rotate(q, positions_bt, is_key=False)
       k = self._rotate(k, positions_bt if kv_positions_bs is None else kv_positions_bs, is_key=True)
     q = sharding.constrain(q, ("batch", "length", "act_heads", "head_dim"))
+    q = remat_lib.tag(q, remat_lib.QUERY)
+    k = remat_lib.tag(k, remat_lib.KEY)
+    v = remat_lib.tag(v, remat_lib.VALUE)
     if cache is not None:
       write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, axis=0))
       k = write(cache["k"], k.astype(cache["k"].dtype), cache_index_b)
       v = write(cache["v"], v.astype(cache["v"].dtype), cache_index_b)
       cache = {"k": k, "v": v}
-    y = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_b1ts)
+    splash = self.impl == attention_lib.Impl.SPLASH and cache is None and kv_bsd is None
+    impl = self.impl if splash or self.impl != attention_lib.Impl.SPLASH else attention_lib.Impl.XLA
+    y = attention_lib.attend(q, k, v, impl=impl, mask_b1ts=mask_b1ts,
+                             segment_ids_bt=segment_ids_bt, causal=self.causal, block=self.block)
     y = y.reshape(b, t, self.num_heads * self.head_dim)
+    y = remat_lib.tag(y, remat_lib.ATTENTION)
     if self.inner_norm is not None:
       y = self.inner_norm(y)
-    return self.o_proj(y), cache
+    return remat_lib.tag(self.o_proj(y), remat_lib.OUT_PROJ), cache
 
 
 # ----------------------------------------------------------------------------- MLPs
@@ -258,10 +275,11 @@ class Mlp(nnx.Module):
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     h_btf = activation(self.act)(self.fc1(x_btd))
-    h_btf = sharding.constrain(h_btf, ("batch", "length", "act_mlp"))
+    h_btf = remat_lib.tag(sharding.constrain(h_btf, ("batch", "length", "act_mlp")),
+                          remat_lib.MLP_HIDDEN)
     if self.inner_norm is not None:
       h_btf = self.inner_norm(h_btf)
-    return self.fc2(h_btf)
+    return remat_lib.tag(self.fc2(h_btf), remat_lib.MLP_OUT)
 
 
 class GatedMlp(nnx.Module):
@@ -278,22 +296,15 @@ class GatedMlp(nnx.Module):
 
   def __call__(self, x_btd: jax.Array) -> jax.Array:
     h_btf = jax.nn.silu(self.gate_proj(x_btd)) * self.up_proj(x_btd)
-    h_btf = sharding.constrain(h_btf, ("batch", "length", "act_mlp"))
-    return self.down_proj(h_btf)
+    h_btf = remat_lib.tag(sharding.constrain(h_btf, ("batch", "length", "act_mlp")),
+                          remat_lib.MLP_HIDDEN)
+    return remat_lib.tag(self.down_proj(h_btf), remat_lib.MLP_OUT)
 
 
-REMAT_POLICIES: dict[str, Callable | None] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_all": jax.checkpoint_policies.checkpoint_dots,
-}
-
-
-def remat_call(block: nnx.Module, policy: str, *args: Sequence[Any], **kwargs: Any):
-  """Calls `block(*args, **kwargs)` under jax.checkpoint with the named policy."""
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f"unknown remat policy {policy!r}; valid: {sorted(REMAT_POLICIES)}")
-  if policy == "none":
+def remat_call(block: nnx.Module, policy: str, *args: Any, **kwargs: Any):
+  """Calls `block(*args, **kwargs)` under jax.checkpoint with the named policy
+  (kosmos.model.remat); the unrolled layers' path, `stack.run` is the scanned one."""
+  checkpoint_policy = remat_lib.policy(policy)
+  if checkpoint_policy is remat_lib.NO_REMAT:
     return block(*args, **kwargs)
-  return nnx.remat(lambda m, *a: m(*a, **kwargs), policy=REMAT_POLICIES[policy])(block, *args)
+  return nnx.remat(lambda m, *a: m(*a, **kwargs), policy=checkpoint_policy)(block, *args)

@@ -112,10 +112,13 @@ class Multimodal(nnx.Module):
       x_bld = write_spans(x_bld, vector_slot, vector_embeds, batch["vector_mask"])
     return x_bld
 
-  def __call__(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
-    """Returns (logits [b, l, vocab] float32, aux)."""
+  def __call__(self, batch: Mapping[str, jax.Array], *,
+               return_logits: bool = True) -> tuple[jax.Array | None, dict]:
+    """Returns (logits [b, l, vocab] float32, aux); logits None with `return_logits=False`
+    (aux["hidden"] holds the final states: the trainer's chunked loss)."""
     x_bld = self.embed_inputs(batch)
-    return self.decoder(x_bld, batch["positions"], batch["segment_ids"])
+    return self.decoder(x_bld, batch["positions"], batch["segment_ids"],
+                        return_logits=return_logits)
 
 
 def create_sharded(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,

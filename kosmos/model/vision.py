@@ -23,7 +23,10 @@ import ml_collections
 from flax import nnx
 
 from kosmos import sharding
+from kosmos.model import attention as attention_lib
 from kosmos.model import layers
+from kosmos.model import remat as remat_lib
+from kosmos.model import stack as stack_lib
 
 # Sizes by name, big_vision style: "L/14" = ViT-L with 14-px patches.
 SIZES = {
@@ -62,7 +65,10 @@ def default_config(size: str = "L/14", variant: str = "clip",
       pixel_mean=(0.5,) * 3 if siglip else CLIP_MEAN,
       pixel_std=(0.5,) * 3 if siglip else CLIP_STD,
       feature_layer=-1, feature_select="all", post_norm=True, l2_normalize=False,
-      dtype="float32", param_dtype="float32", remat="none",
+      dtype="float32", param_dtype="float32", remat="none",  # kosmos.model.remat
+      attention="xla",  # xla | splash (TPU; 257 tokens are padded to its block) | cudnn
+      attention_block=512,
+      scan_layers=False,  # blocks stacked and run under lax.scan (kosmos.model.stack)
   ))
 
 
@@ -75,6 +81,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.image_size % config.patch_size:
     raise ValueError(f"vision image_size={config.image_size} is not a multiple of "
                      f"patch_size={config.patch_size}")
+  remat_lib.check(config.remat, "vision.remat")
+  attention_lib.check(config.get("attention", "xla"), "vision.attention",
+                      config.get("attention_block", 512))
   if not -config.depth - 1 <= config.feature_layer <= config.depth:
     raise ValueError(f"vision feature_layer={config.feature_layer} outside "
                      f"[{-config.depth - 1}, {config.depth}] for depth {config.depth}")
@@ -95,7 +104,9 @@ class EncoderBlock(nnx.Module):
               rngs=rngs)
     act = layers.Activation.GELU_TANH if config.variant == Variant.SIGLIP else layers.Activation.QUICK_GELU
     self.layer_norm1 = layers.norm(config.width, rms=False, eps=config.norm_eps, **kw)
-    self.attn = layers.Attention(config.width, config.num_heads, use_bias=True, **kw)
+    self.attn = layers.Attention(config.width, config.num_heads, use_bias=True,
+                                 impl=config.get("attention", "xla"),
+                                 block=config.get("attention_block", 512), **kw)
     self.layer_norm2 = layers.norm(config.width, rms=False, eps=config.norm_eps, **kw)
     self.mlp = layers.Mlp(config.width, config.mlp_dim, act=act, use_bias=True, **kw)
 
@@ -127,7 +138,10 @@ class VisionTransformer(nnx.Module):
         out_sharding=(None, "embed"))
     kw = dict(rms=False, eps=config.norm_eps, dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.pre_norm = layers.norm(config.width, **kw) if clip else None
-    self.blocks = nnx.List([EncoderBlock(config, rngs=rngs) for _ in range(config.depth)])
+    if config.get("scan_layers", False):
+      self.blocks = stack_lib.create(lambda r: EncoderBlock(config, rngs=r), config.depth, rngs)
+    else:
+      self.blocks = nnx.List([EncoderBlock(config, rngs=rngs) for _ in range(config.depth)])
     self.post_norm = layers.norm(config.width, **kw)
 
   def _positions(self, grid_h: int, grid_w: int) -> jax.Array:
@@ -164,12 +178,13 @@ class VisionTransformer(nnx.Module):
     x_bpd = x_bpd + self._positions(gh, gw).astype(x_bpd.dtype)
     if self.pre_norm is not None:
       x_bpd = self.pre_norm(x_bpd)
-    hidden = [x_bpd]
     stop = config.feature_layer % (config.depth + 1)  # hidden-state index to keep
-    for block in list(self.blocks)[:stop]:
-      x_bpd = layers.remat_call(block, config.remat, x_bpd)
-      hidden.append(x_bpd)
-    features = hidden[stop]
+    if stack_lib.is_stack(self.blocks):
+      x_bpd = stack_lib.run(self.blocks, x_bpd, remat=config.remat, stop=stop)
+    else:
+      for block in list(self.blocks)[:stop]:
+        x_bpd = layers.remat_call(block, config.remat, x_bpd)
+    features = x_bpd
     if config.post_norm:
       features = self.post_norm(features)
     if config.feature_select == FeatureSelect.PATCH and self.class_embed is not None:

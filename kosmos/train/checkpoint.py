@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from kosmos import workdir as workdir_lib
+from kosmos.model import stack
 from kosmos.train import freeze
 from kosmos.train import step as step_lib
 
@@ -118,6 +119,7 @@ def load_init(init_from: str, patterns: tuple[str, ...], abstract: step_lib.Trai
     logging.info("init_from %s: tree differs from the model (%s); restoring on the host",
                  init_from, str(e)[:200])
     _, source = workdir_lib.restore_params(init_from)
+    source = stack.like(source, _merge(abstract.params, abstract.frozen))  # scanned or not
   wanted = freeze.Trainable(trainable=patterns)
   loaded: list[str] = []
 

@@ -300,7 +300,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   params = {"trainable": _count(run.abstract_state.params),
             "frozen": _count(run.abstract_state.frozen)}
   params["total"] = params["trainable"] + params["frozen"]
-  vision_layers = flops_lib.trainable_vision_layers(run.abstract_state.params, config.model.vision.depth)
+  vision_layers = flops_lib.trainable_vision_layers(run.abstract_state.params, config.model.vision.depth,
+                                                     run.layer_masks)
   analytic = flops_lib.step_flops(config, trainable_vision_layers=vision_layers)
   peak = flops_lib.peak_flops(device_kind)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]

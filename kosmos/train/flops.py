@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from kosmos.model import multimodal
 from kosmos.model import vision as vision_lib
@@ -53,15 +54,22 @@ def peak_flops(device_kind: str) -> float | None:
   return None
 
 
-def trainable_vision_layers(params: Any, depth: int) -> int:
+def trainable_vision_layers(params: Any, depth: int, layer_masks: dict | None = None) -> int:
   """ViT blocks that need a backward pass: from the first block with a trained param on.
 
-  `params` is the trainable pytree (e.g. `TrainState.params`, abstract or real)."""
+  `params` is the trainable pytree (e.g. `TrainState.params`, abstract or real), unrolled
+  (`vision.blocks.<i>.`) or scanned (`vision.blocks.` [L, ...], with `layer_masks` of the
+  partly trained stacked params, `kosmos.train.step.Setup.layer_masks`)."""
   blocks = set()
   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-    found = re.match(r"vision\.blocks\.(\d+)\.", freeze.path_string(path))
+    name = freeze.path_string(path)
+    found = re.match(r"vision\.blocks\.(\d+)\.", name)
     if found:
       blocks.add(int(found.group(1)))
+    elif name.startswith("vision.blocks."):  # a stacked param: its trained layers
+      key = tuple(getattr(p, "key", getattr(p, "idx", p)) for p in path)
+      mask = (layer_masks or {}).get(key)
+      blocks.update(range(depth) if mask is None else [int(i) for i in np.flatnonzero(mask)])
   return depth - min(blocks) if blocks else 0
 
 

@@ -2,7 +2,8 @@
 
 KOSMOS-1's recipe is the default section (kosmos.defaults.optim): betas (0.9, 0.98),
 weight decay 0.01, peak lr 2e-4, 375 warm-up steps, linear decay. Weight decay skips
-biases, norm scales and 1-D parameters. Frozen parameters (kosmos.train.freeze) are not
+biases, norm scales and 1-D parameters (per layer: a scanned stack's [L, d] norm scale is
+1-D). Frozen parameters (kosmos.train.freeze) are not
 in the optimizer at all, so they get no update and no optimizer memory.
 """
 
@@ -13,6 +14,9 @@ import enum
 import jax
 import ml_collections
 import optax
+
+from kosmos.model import stack
+from kosmos.train import freeze
 
 
 class Decay(str, enum.Enum):
@@ -40,7 +44,10 @@ def schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedu
 
 
 def _decay_mask(params):
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  def decays(path, p):
+    layer_ndim = p.ndim - int(stack.is_stacked_path(freeze.path_string(path)))
+    return layer_ndim > 1
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

@@ -7,12 +7,17 @@ The state is a pytree of pure dicts (what Orbax saves):
     opt_state  optax state over `params`
 The model's graph (`graphdef`) is static and merged back inside the step.
 
-Loss: next-token cross-entropy on text targets only (`loss_mask`), normalised by the
-number of text targets of the whole global batch, plus optional z-loss
-(z_loss * mean(logsumexp(logits)^2)). Gradient accumulation runs the micro-batches in a
-`lax.scan` summing gradients of the *summed* loss, then divides once, so accumulating A
-micro-batches equals one step on the full batch. Non-finite loss or gradients leave the
-state unchanged (`finite` = 0 in the metrics); the trainer then stops or skips.
+Loss (kosmos.train.loss): next-token cross-entropy on text targets only (`loss_mask`),
+normalised by the number of text targets of the whole global batch, plus optional z-loss
+(z_loss * mean(logsumexp(logits)^2)); with `optim.loss_chunk` > 0 the logits are made
+and consumed that many positions at a time, never [b, l, vocab] at once. Gradient
+accumulation runs the micro-batches in a `lax.scan` summing gradients of the *summed*
+loss, then divides once, so accumulating A micro-batches equals one step on the full
+batch. The update is applied only when loss and gradients are finite and the batch has
+text targets: otherwise the state is unchanged, step counter included (`finite` = 0 or
+`no_text` = 1 in the metrics; the trainer then stops, skips or counts).
+Scanned stacks in which only some layers train (KOSMOS-1's ViT) get their frozen
+layers' updates zeroed (`Setup.layer_masks`).
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
+from flax import traverse_util
 
 from kosmos import sharding
 from kosmos.data import packing
 from kosmos.model import lora
 from kosmos.model import multimodal
+from kosmos.model import stack
 from kosmos.train import freeze
+from kosmos.train import loss as loss_lib
 from kosmos.train import optimizer as optimizer_lib
 
 # Keys of the batch that go to the device (the rest, e.g. data_stats, stays on the host).
@@ -56,6 +64,8 @@ class Setup:
   state_shardings: Any  # TrainState of NamedSharding
   abstract_state: Any  # TrainState of ShapeDtypeStruct (with shardings)
   trainable: freeze.Trainable
+  layer_masks: dict  # {flat param key: [L] bool} of partly trained stacked params
+  accum_unroll: int = 1  # lax.scan unroll of the micro-batch loop (kosmos-compile's cost)
 
 
 def _split(model: nnx.Module, trainable: freeze.Trainable):
@@ -74,6 +84,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   rules = config.sharding_rules
 
   abstract_model = nnx.eval_shape(lambda: multimodal.Multimodal(config.model, rngs=nnx.Rngs(config.seed)))
+  stack.mark_frozen_prefix(abstract_model, trainable.matches)  # static: in the graphdef
   graphdef, abstract_params_state, abstract_frozen_state = nnx.split(abstract_model, trainable, ...)
   params_sh = nnx.to_pure_dict(sharding.param_shardings(abstract_params_state, mesh, rules))
   frozen_sh = nnx.to_pure_dict(sharding.param_shardings(abstract_frozen_state, mesh, rules))
@@ -89,7 +100,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sh)
   return Setup(graphdef=graphdef, tx=tx, state_shardings=state_sh, abstract_state=abstract,
-               trainable=trainable)
+               trainable=trainable, layer_masks=freeze.layer_masks(abstract_params, trainable))
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -137,30 +148,32 @@ def model_of(run: Setup, state: TrainState) -> multimodal.Multimodal:
   return nnx.merge(run.graphdef, state.params, state.frozen)
 
 
-def loss_terms(logits_blv: jax.Array, batch: dict[str, jax.Array], z_loss: float) -> dict[str, jax.Array]:
-  """Summed (not averaged) loss terms, so micro-batches add up exactly."""
-  mask = batch["loss_mask"].astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits_blv, axis=-1)
-  target_logit = jnp.take_along_axis(logits_blv, batch["targets"][..., None], axis=-1)[..., 0]
-  ce = (lse - target_logit) * mask
-  out = {"ce_sum": ce.sum(), "z_sum": (z_loss * lse ** 2 * mask).sum(), "count": mask.sum()}
-  if "kind_ids" in batch:
-    for kind, kind_id in packing.KIND_IDS.items():
-      kind_mask = (batch["kind_ids"] == kind_id).astype(jnp.float32) * mask
-      out[f"ce_sum/{kind}"] = (ce * kind_mask).sum()
-      out[f"count/{kind}"] = kind_mask.sum()
-  return out
+def mask_updates(updates: Any, layer_masks: dict) -> Any:
+  """Zeroes the updates of frozen layers inside partly trained stacked params."""
+  if not layer_masks:
+    return updates
+  flat = traverse_util.flatten_dict(updates)
+  for key, mask in layer_masks.items():
+    u = flat[key]
+    flat[key] = u * jnp.asarray(mask, u.dtype).reshape((-1,) + (1,) * (u.ndim - 1))
+  return traverse_util.unflatten_dict(flat)
 
 
 def make_train_step(config: ml_collections.ConfigDict, run: Setup) -> Callable:
   """(state, batch) -> (state, metrics); jit it with donated state (see `jit_train_step`)."""
   accum = int(config.optim.accum_steps)
   z_loss = float(config.optim.z_loss)
+  chunk = int(config.optim.get("loss_chunk", 0))
 
   def micro_grads(params, frozen, batch):
     def loss_fn(p):
-      logits, _ = nnx.merge(run.graphdef, p, frozen)(batch)
-      terms = loss_terms(logits, batch, z_loss)
+      model = nnx.merge(run.graphdef, p, frozen)
+      if chunk:
+        _, aux = model(batch, return_logits=False)
+        terms = loss_lib.chunked_terms(model.decoder.logits, aux["hidden"], batch, z_loss, chunk)
+      else:
+        logits, _ = model(batch)
+        terms = loss_lib.loss_terms(logits, batch, z_loss)
       return terms["ce_sum"] + terms["z_sum"], terms
     return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -182,20 +195,24 @@ def make_train_step(config: ml_collections.ConfigDict, run: Setup) -> Callable:
       zeros = jax.eval_shape(micro_grads, state.params, state.frozen,
                              jax.tree.map(lambda x: x[0], micro))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-      (grads, terms), _ = jax.lax.scan(body, zeros, micro)
+      (grads, terms), _ = jax.lax.scan(body, zeros, micro, unroll=run.accum_unroll)
     count = jnp.maximum(terms["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     loss = terms["ce_sum"] / count
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    has_text = terms["count"] > 0
+    apply = finite & has_text
     updates, opt_state = run.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(step=state.step + finite.astype(jnp.int32),
+    params = optax.apply_updates(state.params, mask_updates(updates, run.layer_masks))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    new_state = TrainState(step=state.step + apply.astype(jnp.int32),
                            params=keep(params, state.params), frozen=state.frozen,
                            opt_state=keep(opt_state, state.opt_state))
     metrics = {"loss": loss, "z_loss": terms["z_sum"] / count, "grad_norm": grad_norm,
-               "finite": finite.astype(jnp.float32), "text_tokens": terms["count"],
+               "finite": finite.astype(jnp.float32),
+               "no_text": jnp.logical_not(has_text).astype(jnp.float32),
+               "text_tokens": terms["count"],
                "lr": optimizer_lib.schedule(config.optim, config.train.steps)(state.step)}
     for kind in KINDS:
       if f"count/{kind}" in terms:

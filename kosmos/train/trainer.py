@@ -186,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                            every_steps=config.train.log_every)
   step_flops = flops_lib.step_flops(config, flops_lib.trainable_vision_layers(
-      run.abstract_state.params, config.model.vision.depth))["total"]
+      run.abstract_state.params, config.model.vision.depth,
+      run.layer_masks))["total"]
   device_kind = jax.devices()[0].device_kind
 
   train_step = None
