@@ -114,7 +114,7 @@ def _copy_tokenizer(src: str, out: str, config: ml_collections.ConfigDict,
 
 
 def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set[str],
-            readers: list[stream.SafetensorsReader], meta: dict[str, Any],
+            readers: list[stream.SafetensorsReader], tokenizer_src: str, meta: dict[str, Any],
             log: Callable[[str], None]) -> ml_collections.ConfigDict:
   abstract = hf_export.leaves(hf_export.abstract_params(config.model))
   got = hf_export.leaves(params)
@@ -126,7 +126,8 @@ def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set
     if unused:
       log(f"ignored {len(unused)} tensors of {reader.directory!r} with no kosmos counterpart, "
           f"e.g. {unused[:4]}")
-  os.makedirs(out, exist_ok=True)
+  os.makedirs(out, exist_ok=True)  # only now: a refused import writes nothing
+  _copy_tokenizer(tokenizer_src, out, config, log)  # sets config.tokenizer.path
   workdir.save_config(config, out)
   total = sum(v.nbytes for v in got.values())
   largest = max(v.nbytes for v in got.values())
@@ -179,8 +180,7 @@ def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = 
     params["vision"] = fresh_params("vision", config.model, config.seed)
     params["connector"] = fresh_params("connector", config.model, config.seed + 1)
     log("vision and connector freshly initialised from --config (LlamaForCausalLM has none)")
-  _copy_tokenizer(src, out, config, log)
-  return _finish(out, config, params, used, [reader],
+  return _finish(out, config, params, used, [reader], src,
                  dict(imported_from=os.path.abspath(src), architecture=architecture), log)
 
 
@@ -244,7 +244,6 @@ def import_palme(lm: str, vision_dir: str, out: str, *, connector: str = "mlp",
                params, vision_used)
   params["connector"] = fresh_params("connector", config.model, config.seed)
   log(f"connector {config.model.connector.kind!r} freshly initialised")
-  _copy_tokenizer(lm, out, config, log)
-  return _finish(out, config, params, lm_used | vision_used, [lm_reader, vision_reader],
+  return _finish(out, config, params, lm_used | vision_used, [lm_reader, vision_reader], lm,
                  dict(imported_from=[os.path.abspath(lm), os.path.abspath(vision_dir)],
                       architecture=f"{mapping.LLAMA}+{vision_arch}"), log)
