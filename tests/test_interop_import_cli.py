@@ -79,3 +79,67 @@ def test_import_copies_tokenizer_into_new_out_dir(tmp_path, spm_model, kind, spm
   assert tok.encode(text) == [i + offset for i in sp.encode(text)]
   assert tok.decode(tok.encode(text)) == text
   assert workdir.latest_step(out) == 0
+
+
+@pytest.fixture(scope="module")
+def good_src(tmp_path_factory):
+  return kosmos2_dir(str(tmp_path_factory.mktemp("good") / "src"))
+
+
+def _truncate(path: str, size: int) -> None:
+  with open(path, "r+b") as f:
+    f.truncate(size)
+
+
+def _break(src: str, case: str) -> str:
+  """Damages the copy `src` as `case` says; returns the path the error must name."""
+  weights, config = os.path.join(src, "model.safetensors"), os.path.join(src, "config.json")
+  if case == "missing source directory":
+    shutil.rmtree(src)
+    return src
+  if case == "invalid config.json":
+    with open(config, "w") as f:
+      f.write('{"model_type": "kosmos-2", "text_config": {')
+    return config
+  if case == "config.json without text_config":
+    hf = json.load(open(config))
+    del hf["text_config"]
+    json.dump(hf, open(config, "w"))
+    return config
+  if case == "truncated safetensors header":
+    _truncate(weights, 40)  # the 8-byte length promises a much longer header
+    return weights
+  if case == "safetensors shorter than its length field":
+    _truncate(weights, 5)
+    return weights
+  if case == "truncated safetensors data":
+    _truncate(weights, os.path.getsize(weights) // 2)
+    return weights
+  raise ValueError(case)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing source directory", "no such directory"),
+    ("invalid config.json", "not valid JSON"),
+    ("config.json without text_config", "'text_config'"),
+    ("truncated safetensors header", "does not fit in the file"),
+    ("safetensors shorter than its length field", "shorter than the 8-byte"),
+    ("truncated safetensors data", "truncated"),
+])
+def test_bad_source_is_one_line_and_exit_2(tmp_path, good_src, capsys, case, words):
+  src, out = str(tmp_path / "src"), str(tmp_path / "out")
+  shutil.copytree(good_src, src)
+  named = _break(src, case)
+  capsys.readouterr()
+  assert main.import_main(["--format", "hf", "--src", src, "--out", out]) == 2
+  err = capsys.readouterr().err
+  assert err.endswith("\n") and err.count("\n") == 1, err  # one line, no traceback
+  assert err.startswith("kosmos-import: cannot import: ") and named in err and words in err, err
+  assert not os.path.exists(out)  # nothing written
+
+
+def test_missing_vision_dir_is_one_line_and_exit_2(tmp_path, good_src, capsys):
+  missing = str(tmp_path / "no_vision")
+  assert main.import_main(["--lm", good_src, "--vision", missing, "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"--vision {missing!r}: no such directory" in err, err

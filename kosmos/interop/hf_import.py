@@ -16,10 +16,11 @@ once to Orbax.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -38,14 +39,44 @@ from kosmos.model import vision as vision_lib
 _SPM_FILES = ("tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
 
 
+def _check_dir(directory: str, flag: str) -> None:
+  if not os.path.isdir(directory):
+    raise stream.BadFile(f"{flag} {directory!r}: no such directory (want a transformers model "
+                         "directory: config.json + *.safetensors)")
+
+
 def _read_json(directory: str, name: str, required: bool = True) -> dict[str, Any] | None:
+  """A JSON object from `directory/name`; stream.BadFile naming the file if absent or invalid."""
   path = os.path.join(directory, name)
   if not os.path.exists(path):
     if required:
-      raise FileNotFoundError(f"{path} not found: {directory!r} is not a transformers model directory")
+      raise stream.BadFile(f"{path} not found: {directory!r} is not a transformers model directory")
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise stream.BadFile(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise stream.BadFile(f"{path}: holds a JSON {type(value).__name__}, not an object")
+  return value
+
+
+@contextlib.contextmanager
+def _fields_of(path: str) -> Iterator[None]:
+  """Turns a missing or mistyped config field read inside into a stream.BadFile naming `path`."""
+  try:
+    yield
+  except (KeyError, TypeError, AttributeError) as e:
+    raise stream.BadFile(f"{path}: missing or mistyped field ({type(e).__name__}: {e})") from None
+
+
+def _from_hf_json(directory: str, preprocessor: dict[str, Any] | None = None
+                  ) -> tuple[str, ml_collections.ConfigDict]:
+  """`hf_config.from_hf_json` of `directory/config.json`."""
+  hf = _read_json(directory, "config.json")
+  with _fields_of(os.path.join(directory, "config.json")):
+    return hf_config.from_hf_json(hf, preprocessor)
 
 
 def _set(tree: dict, path: tuple, value: Any) -> None:
@@ -141,8 +172,9 @@ def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set
 def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = None,
               log: Callable[[str], None] = print) -> ml_collections.ConfigDict:
   """One transformers directory (Kosmos-2, LLaVA, or Llama + `config` for vision) -> workdir."""
-  architecture, inferred = hf_config.from_hf_json(
-      _read_json(src, "config.json"), _read_json(src, "preprocessor_config.json", required=False))
+  _check_dir(src, "--src")
+  architecture, inferred = _from_hf_json(
+      src, _read_json(src, "preprocessor_config.json", required=False))
   if architecture == mapping.LLAMA:
     if config is None:
       raise hf_config.Unsupported(
@@ -202,12 +234,15 @@ def import_palme(lm: str, vision_dir: str, out: str, *, connector: str = "mlp",
                  config: ml_collections.ConfigDict | None = None, num_tokens: int = 64,
                  log: Callable[[str], None] = print) -> ml_collections.ConfigDict:
   """A Llama-family LM + a CLIP/SigLIP ViT from separate HF dirs, with a fresh connector."""
-  lm_arch, inferred = hf_config.from_hf_json(_read_json(lm, "config.json"))
+  _check_dir(lm, "--lm")
+  _check_dir(vision_dir, "--vision")
+  lm_arch, inferred = _from_hf_json(lm)
   if lm_arch != mapping.LLAMA:
     raise hf_config.Unsupported(f"--lm {lm}: {lm_arch} is not a LlamaForCausalLM")
-  vision_arch, vision_json = _vision_dir_json(vision_dir)
-  v = hf_config.vision_from_json(vision_json, _read_json(vision_dir, "preprocessor_config.json",
-                                                         required=False))
+  with _fields_of(os.path.join(vision_dir, "config.json")):
+    vision_arch, vision_json = _vision_dir_json(vision_dir)
+    v = hf_config.vision_from_json(vision_json, _read_json(vision_dir, "preprocessor_config.json",
+                                                           required=False))
   if v.variant == vision_lib.Variant.CLIP:  # LLaVA's choice: penultimate layer, patches only
     v.update(feature_layer=-2, feature_select="patch", post_norm=False, l2_normalize=False)
   else:  # SigLIP's own output: last layer, post-normed, every patch

@@ -6,7 +6,9 @@
     kosmos-import --format hf --lm LLAMA_DIR --vision CLIP_OR_SIGLIP_DIR
                   [--connector mlp|linear|resampler|attention_pool] [--config ...] --out OUT
 
-Unsupported models are refused with exit status 2 and a message naming the feature.
+Unsupported models are refused with exit status 2 and a message naming the feature; an
+absent or malformed source (directory, config.json, safetensors file) ends the same way with
+one line naming the file.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   from kosmos import configs  # pylint: disable=g-import-not-at-top
   from kosmos.interop import hf_import  # pylint: disable=g-import-not-at-top
+  from kosmos.interop import stream  # pylint: disable=g-import-not-at-top
   config = configs.load(args.config) if args.config else None
   try:
     if args.src and not (args.lm or args.vision):
@@ -87,7 +90,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
                              config=config, num_tokens=args.num_tokens)
     else:
       parser.error("give either --src DIR, or both --lm DIR and --vision DIR")
-  except hf_config.Unsupported as e:
+  except (hf_config.Unsupported, stream.BadFile) as e:
     print(f"kosmos-import: cannot import: {e}", file=sys.stderr)
     return 2
   return 0
