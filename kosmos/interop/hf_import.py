@@ -79,6 +79,21 @@ def _from_hf_json(directory: str, preprocessor: dict[str, Any] | None = None
     return hf_config.from_hf_json(hf, preprocessor)
 
 
+def _added_token_ids(src: str) -> dict[str, int]:
+  """{content: id} of the added tokens in `src`'s tokenizer_config.json or tokenizer.json."""
+  found: dict[str, int] = {}
+  config = _read_json(src, "tokenizer_config.json", required=False) or {}
+  with _fields_of(os.path.join(src, "tokenizer_config.json")):
+    for key, token in (config.get("added_tokens_decoder") or {}).items():
+      found[token["content"] if isinstance(token, dict) else str(token)] = int(key)
+  if not found:
+    full = _read_json(src, "tokenizer.json", required=False) or {}
+    with _fields_of(os.path.join(src, "tokenizer.json")):
+      for token in full.get("added_tokens") or []:
+        found[token["content"]] = int(token["id"])
+  return found
+
+
 def _set(tree: dict, path: tuple, value: Any) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
@@ -175,6 +190,10 @@ def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = 
   _check_dir(src, "--src")
   architecture, inferred = _from_hf_json(
       src, _read_json(src, "preprocessor_config.json", required=False))
+  if architecture == mapping.KOSMOS2:  # the source's own <image> / </image>, if it ships them
+    added = _added_token_ids(src)
+    if "<image>" in added and "</image>" in added:
+      inferred.tokenizer.update(image_start_id=added["<image>"], image_end_id=added["</image>"])
   if architecture == mapping.LLAMA:
     if config is None:
       raise hf_config.Unsupported(
