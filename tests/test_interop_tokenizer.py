@@ -100,6 +100,25 @@ def test_import_uses_the_processor_image_ids_and_its_token_ids(kosmos2):
     assert processor.tokenizer(s).input_ids == [0] + kt.encode(s) + [2], s
 
 
+def test_import_prefers_the_source_tokenizer_files(kosmos2, tmp_path):
+  """A fine-tune that grew the vocabulary past the processor's tokens: <image> stays where the
+  source's tokenizer files put it (counting from the end of the vocabulary would be wrong)."""
+  processor, src, _, _, vocab = kosmos2
+  tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+  tokenizer.add_tokens([f"<extra_{k}>" for k in range(8)])
+  grown = transformers.Kosmos2Config.from_pretrained(src)
+  grown.text_config.vocab_size = vocab + 8
+  bigger, wd = str(tmp_path / "hf"), str(tmp_path / "wd")
+  transformers.Kosmos2ForConditionalGeneration(grown).save_pretrained(bigger)
+  tokenizer.save_pretrained(bigger)
+  shutil.copyfile(os.path.join(src, "sentencepiece.bpe.model"),
+                  os.path.join(bigger, "sentencepiece.bpe.model"))
+  hf_import.import_hf(bigger, wd, log=quiet)
+  tok = workdir.load_config(wd).tokenizer
+  assert [tok.image_start_id, tok.image_end_id] == processor.tokenizer.convert_tokens_to_ids(
+      ["<image>", "</image>"]) == [vocab - 1034, vocab - 1033]
+
+
 def test_export_loads_with_autotokenizer_and_matches_kosmos_ids(kosmos2):
   processor, _, wd, out, vocab = kosmos2
   config = workdir.load_config(wd)

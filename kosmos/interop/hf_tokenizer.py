@@ -63,17 +63,11 @@ _NAMES = {"bos_id": "<s>", "eos_id": "</s>", "pad_id": "<pad>", "unk_id": "<unk>
           "vector_slot_id": "<vector_slot>"}
 _TOKEN_KEYS = {"bos_id": "bos_token", "eos_id": "eos_token", "pad_id": "pad_token",
                "unk_id": "unk_token"}
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6  # ModelProto piece types
 
 
 class NotRepresentable(ValueError):
   """A kosmos tokenizer that transformers' tokenizer files cannot reproduce id for id."""
-
-
-def kosmos2_tag_ids(vocab_size: int) -> dict[str, int]:
-  """{tag: id} of Kosmos2Processor's tags in a Kosmos-2 vocabulary of `vocab_size`."""
-  first = vocab_size - KOSMOS2_ADDED + 1
-  return {tag: first + k for k, tag in enumerate(KOSMOS2_TAGS)}
 
 
 def _added(token_id: int, content: str, special: bool, lstrip: bool = False) -> dict[str, Any]:
@@ -81,8 +75,9 @@ def _added(token_id: int, content: str, special: bool, lstrip: bool = False) -> 
               normalized=False, special=special)
 
 
-def _pieces(config: ml_collections.ConfigDict, vocab_size: int):
-  """(entries {id: (piece, score)}, added tokens, special names {field: piece}, is Kosmos-2)."""
+def _pieces(config: ml_collections.ConfigDict, vocab_size: int) -> tuple[Any, ...]:
+  """(kosmos tokenizer, spm proto, {id: (piece, score)} for ids 0..max, added tokens,
+  {special field: piece name}, Kosmos-2 processor layout?)."""
   tok = tokenizer_lib.SentencePieceTokenizer(config)
   proto = sentencepiece_model_pb2.ModelProto()
   with open(config.path, "rb") as f:
@@ -139,7 +134,8 @@ def _pieces(config: ml_collections.ConfigDict, vocab_size: int):
     raise NotRepresentable(f"two ids share a piece name in {config.path!r} plus the specials "
                            f"{names}")
   floor = min((p.score for p in proto.pieces if p.type == _NORMAL), default=0.0)
-  for i in range(max(entries) + 1):  # gaps: never matched by text (the lowest piece score)
+  for i in range(max(entries) + 1):  # gaps: placeholders at the lowest normal-piece score
+    # (SentencePiece's unknown-piece penalty stays the same; only their own literal text matches)
     entries.setdefault(i, (f"<kosmos_unused_{i}>", floor))
   return tok, proto, entries, [added[i] for i in sorted(added)], names, kosmos2
 
