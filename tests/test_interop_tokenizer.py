@@ -208,3 +208,14 @@ def test_unreproducible_tokenizer_is_not_written_and_logged(kosmos2, tmp_path):
   assert any("tokenizer: not written: config.tokenizer.image_start_id=4 is the id of the text "
              "piece" in line for line in lines), lines
   assert os.path.exists(os.path.join(out, "model.safetensors"))
+
+
+def test_kosmos2_config_tokenizer_is_what_the_import_infers():
+  """configs/kosmos2.py with the published sentencepiece.bpe.model loads (offset 1) and holds
+  the ids an import of the published checkpoint infers."""
+  from kosmos import configs  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = configs.load(os.path.join(root, "configs", "kosmos2.py"))
+  _, inferred = hf_config.from_hf_json(transformers.Kosmos2Config().to_dict())
+  assert config.tokenizer.to_dict() == inferred.tokenizer.to_dict()
+  assert config.model.image_slot_id == inferred.model.image_slot_id

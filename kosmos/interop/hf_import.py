@@ -9,6 +9,10 @@ LlamaForCausalLM imports as the decoder, with vision and connector either from `
 (CLIPVisionModel / SiglipVisionModel / a CLIPModel's vision half) or freshly initialised
 from `--config`. Without `--config` the kosmos config is inferred from config.json; with
 it, the config's model sections must agree with the checkpoint (differences are listed).
+The source's SentencePiece model becomes OUT/tokenizer.model (`config.tokenizer.path`); a
+Kosmos-2's `<image>` / `</image>` ids come from its tokenizer files, else from
+`Kosmos2Processor`'s layout (`hf_config.kosmos2_image_ids`). A missing or malformed source
+raises `stream.BadFile` naming the file; nothing is written before every check has passed.
 Tensors are read one at a time (`stream.SafetensorsReader`) and each converted tensor
 becomes a jax.Array at once; those params are the only full copy held in memory, handed
 once to Orbax.

@@ -24,7 +24,8 @@ from kosmos.interop import hf_config
 def _export_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="kosmos-export", description=(
       "Export a kosmos workdir checkpoint as a transformers model (Kosmos-2, LLaVA, Llama) "
-      "or as a params-only Orbax workdir."))
+      "or as a params-only Orbax workdir. A Kosmos-2 export holds tokenizer.json: "
+      "AutoTokenizer.from_pretrained(OUT) encodes and decodes kosmos's token ids."))
   p.add_argument("--workdir", required=True, help="kosmos workdir (config.json + checkpoints/)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--format", choices=("hf", "params"), required=True)
@@ -40,9 +41,13 @@ def _export_parser() -> argparse.ArgumentParser:
 
 def _import_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="kosmos-import", description=(
-      "Import a transformers checkpoint (Kosmos-2, LLaVA, Llama [+ CLIP/SigLIP]) into a workdir."))
+      "Import a transformers checkpoint (Kosmos-2, LLaVA, Llama [+ CLIP/SigLIP]) into a workdir. "
+      "Exit status 2, with one line naming the feature or file, for an unsupported model or a "
+      "missing / malformed source."))
   p.add_argument("--format", choices=("hf",), default="hf")
-  p.add_argument("--src", default=None, help="transformers model directory")
+  p.add_argument("--src", default=None, help=(
+      "transformers model directory (config.json, *.safetensors; its SentencePiece model, if "
+      "any, is copied to OUT/tokenizer.model)"))
   p.add_argument("--lm", default=None, help="PaLM-E start: LlamaForCausalLM directory")
   p.add_argument("--vision", default=None, help="PaLM-E start: CLIP/SigLIP vision directory")
   p.add_argument("--connector", default="mlp",
