@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import random
+
 import sentencepiece as spm
 
 WORDS = ("the cat sat on a mat while dogs ran over hills and rivers under blue skies near "
@@ -13,7 +15,7 @@ WORDS = ("the cat sat on a mat while dogs ran over hills and rivers under blue s
 
 
 def sentences(n: int = 400, seed: int = 0) -> list[str]:
-  import random  # pylint: disable=g-import-not-at-top
+  """`n` lines of words from WORDS, a comma, a number and "!"."""
   rng = random.Random(seed)
   return [" ".join(rng.choice(WORDS) for _ in range(12)) + f", {rng.randint(0, 999)}!"
           for _ in range(n)]
