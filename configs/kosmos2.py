@@ -27,11 +27,15 @@ def get_config(arg=None):
                         max_len=2048)
   config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
                                            decoder=decoder_config)
-  # transformers' Kosmos-2 processor ids (XLM-R sentencepiece). XLM-R has no free id for
+  # transformers' Kosmos-2 processor ids (XLM-R sentencepiece; what `kosmos-import` infers for
+  # the published checkpoint, and what `kosmos-export` writes back to tokenizer.json for
+  # AutoTokenizer, kosmos/interop/hf_tokenizer.py). XLM-R has no free id for
   # the image slots (the processor marks them with a position mask), so kosmos uses one
   # past the vocabulary; the model never looks slot ids up.
-  config.tokenizer.update(bos_id=0, pad_id=1, eos_id=2, unk_id=3, image_start_id=64003,
-                          image_end_id=64004, image_slot_id=65037, vector_slot_id=-1)
+  # Piece ids are shifted by one (fairseq / XLM-R: <s> <pad> </s> <unk> come first).
+  config.tokenizer.update(bos_id=0, pad_id=1, eos_id=2, unk_id=3, spm_id_offset=1,
+                          image_start_id=64003, image_end_id=64004, image_slot_id=65037,
+                          vector_slot_id=-1)
   config.model.image_slot_id = config.tokenizer.image_slot_id
   config.data.sources = ml_collections.ConfigDict()
   config.mesh.update(data=1, fsdp=-1, tensor=1)

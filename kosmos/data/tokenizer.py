@@ -156,6 +156,10 @@ class SentencePieceTokenizer(_Specials):
   def _map(self, sp_id: int) -> int:
     return self._from_sp.get(sp_id, sp_id + self.offset)
 
+  def piece_ids(self) -> list[int]:
+    """The kosmos id of every SentencePiece piece, in piece order (for exporters)."""
+    return [self._map(i) for i in range(self._sp.get_piece_size())]
+
   def _char_ids(self, piece: str) -> list[int]:
     out = []
     for ch in piece:

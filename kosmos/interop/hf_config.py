@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 
 from kosmos import defaults
+from kosmos.interop import hf_tokenizer
 from kosmos.interop import mapping
 from kosmos.model import connector as connector_lib
 from kosmos.model import decoder as decoder_lib
@@ -261,6 +262,17 @@ def _tokenizer(hf_text: dict[str, Any], **extra: int) -> ml_collections.ConfigDi
   return tok
 
 
+def kosmos2_image_ids(vocab_size: int) -> dict[str, int]:
+  """`<image>` / `</image>` where Kosmos2Processor puts them in a Kosmos-2 vocabulary: after
+  the XLM-R pieces and `<mask>`, `</doc>`, then `<image>` `</image>` (64003 / 64004 of 65037);
+  1024 patch-index tokens and 8 more tags follow. A vocabulary too small to hold that layout
+  (tiny test models) gets -1 / -1: no boundary tokens."""
+  if vocab_size < hf_tokenizer.KOSMOS2_ADDED + 4:
+    return dict(image_start_id=-1, image_end_id=-1)
+  return dict(image_start_id=vocab_size - hf_tokenizer.KOSMOS2_IMAGE_START_FROM_END,
+              image_end_id=vocab_size - hf_tokenizer.KOSMOS2_IMAGE_END_FROM_END)
+
+
 def from_hf_json(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None
                  ) -> tuple[str, ml_collections.ConfigDict]:
   """(architecture, full kosmos config) inferred from a transformers config.json."""
@@ -289,7 +301,8 @@ def from_hf_json(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None
     config.model.image_slot_id = t["vocab_size"]
     config.model.vector_slot_id = -1
     config.tokenizer = _tokenizer(dict(t, pad_token_id=pad), unk_id=3,
-                                  image_slot_id=t["vocab_size"], vector_slot_id=-1, spm_id_offset=1)
+                                  image_slot_id=t["vocab_size"], vector_slot_id=-1, spm_id_offset=1,
+                                  **kosmos2_image_ids(t["vocab_size"]))
     return mapping.KOSMOS2, config
   if kind == "llava":
     layer = hf.get("vision_feature_layer", -2)

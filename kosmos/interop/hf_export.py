@@ -3,7 +3,8 @@
     python -m kosmos.interop.main export --workdir DIR [--step N] --format hf --out OUT
 
 writes OUT/{model.safetensors | model-0000i-of-0000K.safetensors + model.safetensors.index.json,
-config.json, generation_config.json, preprocessor_config.json (multimodal), tokenizer files}.
+config.json, generation_config.json, preprocessor_config.json (multimodal), tokenizer files
+(Kosmos-2: `hf_tokenizer`, ids equal to kosmos's)}.
 Streaming: each parameter is restored alone from Orbax (partial restore), transposed,
 cast and appended to its pre-planned shard (LoRA adapters folded into their kernels:
 W + alpha/rank * A B), so peak host memory is about two copies of
@@ -24,6 +25,7 @@ from flax import nnx
 
 from kosmos import workdir
 from kosmos.interop import hf_config
+from kosmos.interop import hf_tokenizer
 from kosmos.interop import mapping
 from kosmos.interop import stream
 from kosmos.model import connector as connector_lib
@@ -73,23 +75,21 @@ def check_coverage(entries: list[mapping.Entry], abstract: dict[str, Any], parts
 def _write_tokenizer(config: ml_collections.ConfigDict, architecture: str, out: str,
                      log: Callable[[str], None]) -> None:
   tok = config.tokenizer
+  if architecture == mapping.KOSMOS2:
+    hf_tokenizer.write(config, out, log)
+    return
   if not tok.path:
     log("tokenizer: config.tokenizer.path is empty (byte-level fallback tokenizer), which has no "
         "transformers equivalent; no tokenizer files written")
     return
-  if architecture == mapping.KOSMOS2:
-    name, cls = "sentencepiece.bpe.model", "XLMRobertaTokenizer"
-  else:
-    name, cls = "tokenizer.model", "LlamaTokenizer"
-  shutil.copyfile(tok.path, os.path.join(out, name))
+  shutil.copyfile(tok.path, os.path.join(out, "tokenizer.model"))
   specials = {"bos_token": tok.bos_id, "eos_token": tok.eos_id, "pad_token": tok.pad_id,
               "unk_token": tok.unk_id}
-  tokenizer_config = {"tokenizer_class": cls, "model_max_length": config.model.decoder.max_len,
-                      "kosmos_special_ids": specials, "kosmos_spm_id_offset": tok.spm_id_offset}
-  if cls == "LlamaTokenizer":
-    tokenizer_config.update(add_bos_token=True, add_eos_token=False, legacy=False)
-  _dump(os.path.join(out, "tokenizer_config.json"), tokenizer_config)
-  log(f"tokenizer: copied {tok.path} as {name} ({cls})")
+  _dump(os.path.join(out, "tokenizer_config.json"), {
+      "tokenizer_class": "LlamaTokenizer", "model_max_length": config.model.decoder.max_len,
+      "kosmos_special_ids": specials, "kosmos_spm_id_offset": tok.spm_id_offset,
+      "add_bos_token": True, "add_eos_token": False, "legacy": False})
+  log(f"tokenizer: copied {tok.path} as tokenizer.model (LlamaTokenizer)")
 
 
 def _dump(path: str, value: dict[str, Any]) -> None:

@@ -9,6 +9,10 @@ LlamaForCausalLM imports as the decoder, with vision and connector either from `
 (CLIPVisionModel / SiglipVisionModel / a CLIPModel's vision half) or freshly initialised
 from `--config`. Without `--config` the kosmos config is inferred from config.json; with
 it, the config's model sections must agree with the checkpoint (differences are listed).
+The source's SentencePiece model becomes OUT/tokenizer.model (`config.tokenizer.path`); a
+Kosmos-2's `<image>` / `</image>` ids come from its tokenizer files, else from
+`Kosmos2Processor`'s layout (`hf_config.kosmos2_image_ids`). A missing or malformed source
+raises `stream.BadFile` naming the file; nothing is written before every check has passed.
 Tensors are read one at a time (`stream.SafetensorsReader`) and each converted tensor
 becomes a jax.Array at once; those params are the only full copy held in memory, handed
 once to Orbax.
@@ -16,10 +20,11 @@ once to Orbax.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -39,14 +44,59 @@ from kosmos.model import vision as vision_lib
 _SPM_FILES = ("tokenizer.model", "sentencepiece.bpe.model", "spiece.model")
 
 
+def _check_dir(directory: str, flag: str) -> None:
+  if not os.path.isdir(directory):
+    raise stream.BadFile(f"{flag} {directory!r}: no such directory (want a transformers model "
+                         "directory: config.json + *.safetensors)")
+
+
 def _read_json(directory: str, name: str, required: bool = True) -> dict[str, Any] | None:
+  """A JSON object from `directory/name`; stream.BadFile naming the file if absent or invalid."""
   path = os.path.join(directory, name)
   if not os.path.exists(path):
     if required:
-      raise FileNotFoundError(f"{path} not found: {directory!r} is not a transformers model directory")
+      raise stream.BadFile(f"{path} not found: {directory!r} is not a transformers model directory")
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise stream.BadFile(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise stream.BadFile(f"{path}: holds a JSON {type(value).__name__}, not an object")
+  return value
+
+
+@contextlib.contextmanager
+def _fields_of(path: str) -> Iterator[None]:
+  """Turns a missing or mistyped config field read inside into a stream.BadFile naming `path`."""
+  try:
+    yield
+  except (KeyError, TypeError, AttributeError) as e:
+    raise stream.BadFile(f"{path}: missing or mistyped field ({type(e).__name__}: {e})") from None
+
+
+def _from_hf_json(directory: str, preprocessor: dict[str, Any] | None = None
+                  ) -> tuple[str, ml_collections.ConfigDict]:
+  """`hf_config.from_hf_json` of `directory/config.json`."""
+  hf = _read_json(directory, "config.json")
+  with _fields_of(os.path.join(directory, "config.json")):
+    return hf_config.from_hf_json(hf, preprocessor)
+
+
+def _added_token_ids(src: str) -> dict[str, int]:
+  """{content: id} of the added tokens in `src`'s tokenizer_config.json or tokenizer.json."""
+  found: dict[str, int] = {}
+  config = _read_json(src, "tokenizer_config.json", required=False) or {}
+  with _fields_of(os.path.join(src, "tokenizer_config.json")):
+    for key, token in (config.get("added_tokens_decoder") or {}).items():
+      found[token["content"] if isinstance(token, dict) else str(token)] = int(key)
+  if not found:
+    full = _read_json(src, "tokenizer.json", required=False) or {}
+    with _fields_of(os.path.join(src, "tokenizer.json")):
+      for token in full.get("added_tokens") or []:
+        found[token["content"]] = int(token["id"])
+  return found
 
 
 def _set(tree: dict, path: tuple, value: Any) -> None:
@@ -116,7 +166,7 @@ def _copy_tokenizer(src: str, out: str, config: ml_collections.ConfigDict,
 
 
 def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set[str],
-            readers: list[stream.SafetensorsReader], meta: dict[str, Any],
+            readers: list[stream.SafetensorsReader], tokenizer_src: str, meta: dict[str, Any],
             log: Callable[[str], None]) -> ml_collections.ConfigDict:
   abstract = hf_export.leaves(hf_export.abstract_params(config.model))
   got = hf_export.leaves(params)
@@ -132,7 +182,8 @@ def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set
   if parts:  # the config's layout on disk: [L, ...] arrays
     params = {k: stack.stack(v) if k in parts else v for k, v in params.items()}
     got = hf_export.leaves(params)
-  os.makedirs(out, exist_ok=True)
+  os.makedirs(out, exist_ok=True)  # only now: a refused import writes nothing
+  _copy_tokenizer(tokenizer_src, out, config, log)  # sets config.tokenizer.path
   workdir.save_config(config, out)
   total = sum(v.nbytes for v in got.values())
   largest = max(v.nbytes for v in got.values())
@@ -146,8 +197,13 @@ def _finish(out: str, config: ml_collections.ConfigDict, params: dict, used: set
 def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = None,
               log: Callable[[str], None] = print) -> ml_collections.ConfigDict:
   """One transformers directory (Kosmos-2, LLaVA, or Llama + `config` for vision) -> workdir."""
-  architecture, inferred = hf_config.from_hf_json(
-      _read_json(src, "config.json"), _read_json(src, "preprocessor_config.json", required=False))
+  _check_dir(src, "--src")
+  architecture, inferred = _from_hf_json(
+      src, _read_json(src, "preprocessor_config.json", required=False))
+  if architecture == mapping.KOSMOS2:  # the source's own <image> / </image>, if it ships them
+    added = _added_token_ids(src)
+    if "<image>" in added and "</image>" in added:
+      inferred.tokenizer.update(image_start_id=added["<image>"], image_end_id=added["</image>"])
   if architecture == mapping.LLAMA:
     if config is None:
       raise hf_config.Unsupported(
@@ -185,8 +241,7 @@ def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = 
     params["vision"] = fresh_params("vision", config.model, config.seed)
     params["connector"] = fresh_params("connector", config.model, config.seed + 1)
     log("vision and connector freshly initialised from --config (LlamaForCausalLM has none)")
-  _copy_tokenizer(src, out, config, log)
-  return _finish(out, config, params, used, [reader],
+  return _finish(out, config, params, used, [reader], src,
                  dict(imported_from=os.path.abspath(src), architecture=architecture), log)
 
 
@@ -208,12 +263,15 @@ def import_palme(lm: str, vision_dir: str, out: str, *, connector: str = "mlp",
                  config: ml_collections.ConfigDict | None = None, num_tokens: int = 64,
                  log: Callable[[str], None] = print) -> ml_collections.ConfigDict:
   """A Llama-family LM + a CLIP/SigLIP ViT from separate HF dirs, with a fresh connector."""
-  lm_arch, inferred = hf_config.from_hf_json(_read_json(lm, "config.json"))
+  _check_dir(lm, "--lm")
+  _check_dir(vision_dir, "--vision")
+  lm_arch, inferred = _from_hf_json(lm)
   if lm_arch != mapping.LLAMA:
     raise hf_config.Unsupported(f"--lm {lm}: {lm_arch} is not a LlamaForCausalLM")
-  vision_arch, vision_json = _vision_dir_json(vision_dir)
-  v = hf_config.vision_from_json(vision_json, _read_json(vision_dir, "preprocessor_config.json",
-                                                         required=False))
+  with _fields_of(os.path.join(vision_dir, "config.json")):
+    vision_arch, vision_json = _vision_dir_json(vision_dir)
+    v = hf_config.vision_from_json(vision_json, _read_json(vision_dir, "preprocessor_config.json",
+                                                           required=False))
   if v.variant == vision_lib.Variant.CLIP:  # LLaVA's choice: penultimate layer, patches only
     v.update(feature_layer=-2, feature_select="patch", post_norm=False, l2_normalize=False)
   else:  # SigLIP's own output: last layer, post-normed, every patch
@@ -250,7 +308,6 @@ def import_palme(lm: str, vision_dir: str, out: str, *, connector: str = "mlp",
                params, vision_used)
   params["connector"] = fresh_params("connector", config.model, config.seed)
   log(f"connector {config.model.connector.kind!r} freshly initialised")
-  _copy_tokenizer(lm, out, config, log)
-  return _finish(out, config, params, lm_used | vision_used, [lm_reader, vision_reader],
+  return _finish(out, config, params, lm_used | vision_used, [lm_reader, vision_reader], lm,
                  dict(imported_from=[os.path.abspath(lm), os.path.abspath(vision_dir)],
                       architecture=f"{mapping.LLAMA}+{vision_arch}"), log)

@@ -6,7 +6,9 @@
     kosmos-import --format hf --lm LLAMA_DIR --vision CLIP_OR_SIGLIP_DIR
                   [--connector mlp|linear|resampler|attention_pool] [--config ...] --out OUT
 
-Unsupported models are refused with exit status 2 and a message naming the feature.
+Unsupported models are refused with exit status 2 and a message naming the feature; an
+absent or malformed source (directory, config.json, safetensors file) ends the same way with
+one line naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from kosmos.interop import hf_config
 def _export_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="kosmos-export", description=(
       "Export a kosmos workdir checkpoint as a transformers model (Kosmos-2, LLaVA, Llama) "
-      "or as a params-only Orbax workdir."))
+      "or as a params-only Orbax workdir. A Kosmos-2 export holds tokenizer.json: "
+      "AutoTokenizer.from_pretrained(OUT) encodes and decodes kosmos's token ids."))
   p.add_argument("--workdir", required=True, help="kosmos workdir (config.json + checkpoints/)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--format", choices=("hf", "params"), required=True)
@@ -38,9 +41,13 @@ def _export_parser() -> argparse.ArgumentParser:
 
 def _import_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="kosmos-import", description=(
-      "Import a transformers checkpoint (Kosmos-2, LLaVA, Llama [+ CLIP/SigLIP]) into a workdir."))
+      "Import a transformers checkpoint (Kosmos-2, LLaVA, Llama [+ CLIP/SigLIP]) into a workdir. "
+      "Exit status 2, with one line naming the feature or file, for an unsupported model or a "
+      "missing / malformed source."))
   p.add_argument("--format", choices=("hf",), default="hf")
-  p.add_argument("--src", default=None, help="transformers model directory")
+  p.add_argument("--src", default=None, help=(
+      "transformers model directory (config.json, *.safetensors; its SentencePiece model, if "
+      "any, is copied to OUT/tokenizer.model)"))
   p.add_argument("--lm", default=None, help="PaLM-E start: LlamaForCausalLM directory")
   p.add_argument("--vision", default=None, help="PaLM-E start: CLIP/SigLIP vision directory")
   p.add_argument("--connector", default="mlp",
@@ -78,6 +85,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   from kosmos import configs  # pylint: disable=g-import-not-at-top
   from kosmos.interop import hf_import  # pylint: disable=g-import-not-at-top
+  from kosmos.interop import stream  # pylint: disable=g-import-not-at-top
   config = configs.load(args.config) if args.config else None
   try:
     if args.src and not (args.lm or args.vision):
@@ -87,7 +95,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
                              config=config, num_tokens=args.num_tokens)
     else:
       parser.error("give either --src DIR, or both --lm DIR and --vision DIR")
-  except hf_config.Unsupported as e:
+  except (hf_config.Unsupported, stream.BadFile) as e:
     print(f"kosmos-import: cannot import: {e}", file=sys.stderr)
     return 2
   return 0

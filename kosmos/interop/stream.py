@@ -5,7 +5,8 @@ Nothing here holds more than one tensor of a checkpoint at a time:
 * `SafetensorsReader` parses the JSON headers of every shard of a Hugging Face directory
   (`model.safetensors`, or the files named by `model.safetensors.index.json`) and reads
   one tensor per `get` call with a seek and a `readinto` (bf16 through ml_dtypes, which
-  the safetensors package's numpy API cannot return).
+  the safetensors package's numpy API cannot return). An absent directory or shard, a
+  truncated file or a malformed header is a `BadFile` naming the file.
 * `ShardedWriter` plans the shards from the list of (name, shape, dtype) before any data
   exists, writes each shard's header first and then each tensor as it arrives, so an
   export never builds a state dict. Shards are named like `save_pretrained` names them
@@ -64,33 +65,76 @@ def parse_size(text: str | int) -> int:
 # ----------------------------------------------------------------------------- reading
 
 
+class BadFile(ValueError):
+  """A checkpoint file or directory that is absent or malformed; the message names it."""
+
+
+def _read_header(path: str) -> tuple[int, dict[str, Any]]:
+  """(data start, header dict) of one safetensors file; BadFile naming `path` if malformed."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      raise BadFile(f"{path}: {size} bytes, shorter than the 8-byte safetensors header length "
+                    "(truncated or not a safetensors file)")
+    (length,) = struct.unpack("<Q", head)
+    if 8 + length > size:
+      raise BadFile(f"{path}: safetensors header of {length} bytes does not fit in the file's "
+                    f"{size} bytes (truncated or not a safetensors file)")
+    try:
+      header = json.loads(f.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise BadFile(f"{path}: safetensors header is not valid JSON ({e})") from None
+  if not isinstance(header, dict):
+    raise BadFile(f"{path}: safetensors header is a {type(header).__name__}, not a JSON object")
+  header.pop("__metadata__", None)
+  for key, info in header.items():
+    try:
+      begin, end = info["data_offsets"]
+      ok = 0 <= begin <= end and isinstance(info["dtype"], str) and isinstance(info["shape"], list)
+    except (TypeError, KeyError, ValueError):
+      ok = False
+    if not ok:
+      raise BadFile(f"{path}: header entry {key!r} = {info!r} is malformed "
+                    "(want {dtype, shape, data_offsets: [begin, end]})")
+    if 8 + length + end > size:
+      raise BadFile(f"{path}: tensor {key!r} ends at byte {8 + length + end}, past the file's "
+                    f"{size} bytes (truncated)")
+  return 8 + length, header
+
+
 class SafetensorsReader:
   """Random access to the tensors of one HF model directory (all its shards)."""
 
   def __init__(self, directory: str):
     self.directory = directory
+    if not os.path.isdir(directory):
+      raise BadFile(f"{directory!r} is not a directory (a transformers model directory)")
     index = os.path.join(directory, INDEX_FILE)
     if os.path.exists(index):
-      with open(index) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
+      try:
+        with open(index) as f:
+          files = sorted(set(json.load(f)["weight_map"].values()))
+      except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BadFile(f"{index}: not a safetensors index (want {{\"weight_map\": {{tensor: "
+                      f"file}}}}): {type(e).__name__}: {e}") from None
     elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
       files = [SINGLE_FILE]
     else:
       files = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
     if not files:
-      raise FileNotFoundError(
+      raise BadFile(
           f"no safetensors weights in {directory!r} (expected {SINGLE_FILE} or {INDEX_FILE}; "
           "PyTorch .bin checkpoints are not read: re-save them with safe_serialization=True)")
     self._where: dict[str, tuple[str, int, str, tuple[int, ...], int, int]] = {}
     for name in files:
       path = os.path.join(directory, name)
-      with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-      header.pop("__metadata__", None)
+      if not os.path.isfile(path):
+        raise BadFile(f"{path} not found (named by {INDEX_FILE})")
+      base, header = _read_header(path)
       for key, info in header.items():
         begin, end = info["data_offsets"]
-        self._where[key] = (path, 8 + length, info["dtype"], tuple(info["shape"]), begin, end)
+        self._where[key] = (path, base, info["dtype"], tuple(info["shape"]), begin, end)
 
   def keys(self) -> list[str]:
     return sorted(self._where)
@@ -115,7 +159,7 @@ class SafetensorsReader:
       f.seek(base + begin)
       view = memoryview(out.reshape(-1).view(np.uint8))
       if f.readinto(view) != out.nbytes:
-        raise ValueError(f"tensor {name!r} is truncated in {path!r}")
+        raise BadFile(f"{path}: tensor {name!r} is truncated")
     return out
 
 
