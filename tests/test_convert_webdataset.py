@@ -6,10 +6,15 @@ import json
 import os
 import tarfile
 
+import numpy as np
+import pytest
 from PIL import Image
 
+from kosmos import defaults
+from kosmos.data import images as pipeline_images
 from kosmos.data import records
 
+from image_files import encode, mp4, noise, png_1bit
 from prepare_module import ROOT, prepare
 
 
@@ -112,3 +117,27 @@ def test_webdataset_json_captions_and_workers(tmp_path):
       _image((t * 40, i * 40, 7)) for t in range(3) for i in range(3)]
   assert records.read_manifest(str(outs[1]))["shards"] == records.read_manifest(
       str(outs[0]))["shards"]
+
+
+def _convert(tmp_path, members, *flags):
+  src = tmp_path / "shards"
+  src.mkdir(parents=True)
+  _tar(src / "00000.tar", members)
+  out = tmp_path / "out"
+  assert prepare.main(["webdataset", "--input", str(src), "--output", str(out), *flags]) == 0
+  return list(records.read_dir(str(out))), records.read_manifest(str(out))
+
+
+def test_webdataset_drops_images_the_pipeline_would_skip(tmp_path):
+  over, at, small = png_1bit(8001, 8000), png_1bit(8000, 8000), encode(noise(9))
+  members = [("000.png", over), ("000.txt", b"above the limit"),
+             ("001.png", at), ("001.txt", b"at the limit"), ("002.jpg", small), ("002.txt", b"s")]
+  got, manifest = _convert(tmp_path, members)
+  assert [r["segments"][0]["image"] for r in got] == [at, small]
+  assert manifest["dropped"] == {"image_too_large": 1}
+  assert manifest["arguments"]["max_image_pixels"] == defaults.data().max_image_pixels
+  with pytest.raises(pipeline_images.ImageError, match="8001x8000"):
+    pipeline_images.decode(over, 16, defaults.data().max_image_pixels)
+  got, manifest = _convert(tmp_path / "lower", members, "--max-image-pixels", str(40 * 56))
+  assert [r["segments"][0]["image"] for r in got] == [small]
+  assert manifest["dropped"] == {"image_too_large": 2}

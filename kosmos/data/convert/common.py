@@ -17,6 +17,7 @@ import hashlib
 import os
 from typing import Any, Iterable
 
+from kosmos.data import images as pipeline_images
 from kosmos.data.convert import images
 
 # Reasons for dropping an input, counted in manifest.json `dropped`. Converters may add
@@ -49,8 +50,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, input_help: str,
                       help="drop images whose shorter side is below this many pixels")
   parser.add_argument("--max-image-bytes", type=int, default=32 << 20,
                       help="drop images whose encoded size exceeds this many bytes")
-  parser.add_argument("--max-image-pixels", type=int, default=100_000_000,
-                      help="drop images with more pixels than this (decompression bombs)")
+  parser.add_argument("--max-image-pixels", type=int,
+                      default=pipeline_images.DEFAULT_MAX_PIXELS,
+                      help="drop images with more pixels than this (default: the training "
+                           "pipeline's limit, data.max_image_pixels, above which it skips them)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from kosmos.data import images as pipeline_images
+
 # Formats the training pipeline accepts (Pillow's names).
 FORMATS = ("JPEG", "PNG", "WEBP")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -29,12 +31,13 @@ IMAGE_TOO_SMALL = "image_too_small"
 
 
 def check(data: bytes, *, min_size: int = 1, max_bytes: int = 32 << 20,
-          max_pixels: int = 100_000_000) -> str | None:
+          max_pixels: int = pipeline_images.DEFAULT_MAX_PIXELS) -> str | None:
   """Returns None for a usable encoded image, else the drop reason.
 
   Reads only the header (size, format) and runs Pillow's `verify()` (PNG: chunk CRCs;
   JPEG: header markers, plus a check that the data ends with an EOI marker, which catches
-  truncated downloads). Pixels are not decoded.
+  truncated downloads). `max_pixels` defaults to the training pipeline's limit. Pixels are
+  not decoded.
   """
   if not data:
     return EMPTY_IMAGE
