@@ -128,6 +128,28 @@ def _convert(tmp_path, members, *flags):
   return list(records.read_dir(str(out))), records.read_manifest(str(out))
 
 
+def test_webdataset_keeps_phone_jpegs_with_data_after_the_image(tmp_path):
+  motion, padded, video = encode(noise(1)), encode(noise(2)), mp4(200_000)
+  mpo = encode(noise(3), "MPO", save_all=True, append_images=[Image.fromarray(noise(5))])
+  cut = encode(noise(6)) + video
+  got, manifest = _convert(tmp_path, [
+      ("000.jpg", motion + video), ("000.txt", b"motion photo"),
+      ("001.jpg", mpo), ("001.txt", b"multi-picture"),
+      ("002.jpg", padded + b"\x00" * 8192), ("002.txt", b"zero padding"),
+      ("003.jpg", cut[:len(cut) - len(video) - 300]), ("003.txt", b"truncated"),
+      ("004.jpg", encode(noise(7))), ("004.txt", b"plain"),
+  ])
+  assert [r["segments"][1]["text"] for r in got] == ["motion photo", "multi-picture",
+                                                     "zero padding", "plain"]
+  stored = [r["segments"][0]["image"] for r in got]
+  assert stored[0] == motion and stored[2] == padded  # the bytes after the end are cut off
+  assert mpo.startswith(stored[1]) and len(stored[1]) < len(mpo)
+  for image, original in zip(stored, (motion + video, mpo, padded + b"\x00" * 8192)):
+    np.testing.assert_array_equal(pipeline_images.decode(image, 32),
+                                  pipeline_images.decode(original, 32))
+  assert manifest["dropped"] == {"corrupt_image": 1}
+
+
 def test_webdataset_drops_images_the_pipeline_would_skip(tmp_path):
   over, at, small = png_1bit(8001, 8000), png_1bit(8000, 8000), encode(noise(9))
   members = [("000.png", over), ("000.txt", b"above the limit"),

@@ -126,17 +126,19 @@ class Context:
       self.dropped[reason] += count
 
   def check_image(self, data: bytes | None, pending: set[bytes] | None = None) -> bytes | None:
-    """Returns `data` if it is a usable image not yet written, else counts why and returns None.
+    """The bytes to store if `data` is a usable image not yet written, else counts why -> None.
 
-    `pending` holds digests of images already accepted into the record being built, so a
-    document that repeats an image keeps only its first copy.
+    The bytes are `data`, or for a JPEG the part up to its first image's end marker
+    (`images.check`); duplicates are found on those. `pending` holds digests of images
+    already accepted into the record being built, so a document that repeats an image keeps
+    only its first copy.
     """
     if data is None:
       self.drop(MISSING_IMAGE)
       return None
-    reason = images.check(data, min_size=self.args.min_image_size,
-                          max_bytes=self.args.max_image_bytes,
-                          max_pixels=self.args.max_image_pixels)
+    data, reason = images.check(data, min_size=self.args.min_image_size,
+                                max_bytes=self.args.max_image_bytes,
+                                max_pixels=self.args.max_image_pixels)
     if reason:
       self.drop(reason)
       return None
