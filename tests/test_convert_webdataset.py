@@ -150,6 +150,18 @@ def test_webdataset_keeps_phone_jpegs_with_data_after_the_image(tmp_path):
   assert manifest["dropped"] == {"corrupt_image": 1}
 
 
+def test_webdataset_gif_members_count_as_unsupported_format(tmp_path):
+  gif, jpg = encode(noise(7), "GIF"), encode(noise(8))
+  got, manifest = _convert(tmp_path, [
+      ("000.gif", gif), ("000.txt", b"a gif only"),
+      ("001.gif", gif), ("001.jpg", jpg), ("001.txt", b"gif and jpg"),
+      ("002.txt", b"no image at all"),
+  ])
+  assert [(r["id"], r["segments"][0]["image"]) for r in got] == [("00000.tar/001", jpg)]
+  # data/README.md: `unsupported_image_format` (not JPEG/PNG/WebP, e.g. GIF, SVG)
+  assert manifest["dropped"] == {"unsupported_image_format": 1, "missing_image": 1}
+
+
 def test_webdataset_drops_images_the_pipeline_would_skip(tmp_path):
   over, at, small = png_1bit(8001, 8000), png_1bit(8000, 8000), encode(noise(9))
   members = [("000.png", over), ("000.txt", b"above the limit"),
