@@ -125,3 +125,13 @@ def test_max_bytes_counts_the_stored_bytes():
   assert images.check(data, max_bytes=len(JPG)) == (JPG, None)
   assert images.check(data, max_bytes=len(JPG) - 1) == (None, images.IMAGE_TOO_LARGE)
 
+
+def test_other_formats_are_unsupported_not_corrupt():
+  gif = encode(NOISE, "GIF")
+  svg = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="4"/>'
+  heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+  for data in (gif, svg, b"  <svg width='1'></svg>", heic, encode(NOISE, "BMP")):
+    assert images.check(data) == (None, images.UNSUPPORTED_IMAGE_FORMAT), data[:16]
+  for data in (b"\xff\xd8 not a jpeg", b"<html>no svg here</html>", b"garbage" * 10):
+    assert images.check(data) == (None, images.CORRUPT_IMAGE), data[:16]
+  assert images.check(b"") == (None, images.EMPTY_IMAGE)

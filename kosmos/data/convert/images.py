@@ -25,6 +25,9 @@ from kosmos.data.convert import jpeg
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _EXT_VARIANTS = tuple(e for ext in EXTENSIONS for e in (ext, ext.upper())) + ("",)
+# Container formats (HEIF, AVIF) and SVG, which this Pillow may not identify at all.
+_ISO_BMFF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+                    b"avif", b"avis")
 
 EMPTY_IMAGE = "empty_image"
 CORRUPT_IMAGE = "corrupt_image"
@@ -60,6 +63,8 @@ def check(data: bytes, *, min_size: int = 1, max_bytes: int = 32 << 20,
         image.verify()
   except Image.DecompressionBombError:
     return None, IMAGE_TOO_LARGE
+  except Image.UnidentifiedImageError:
+    return None, UNSUPPORTED_IMAGE_FORMAT if _known_unsupported(data) else CORRUPT_IMAGE
   except Exception:  # Pillow raises many types for bad data
     return None, CORRUPT_IMAGE
   if fmt in ("JPEG", "MPO"):
@@ -70,6 +75,14 @@ def check(data: bytes, *, min_size: int = 1, max_bytes: int = 32 << 20,
   if len(data) > max_bytes:
     return None, IMAGE_TOO_LARGE
   return data, None
+
+
+def _known_unsupported(data: bytes) -> bool:
+  """Whether unidentified bytes are SVG, HEIF or AVIF (formats, not damage)."""
+  if data[4:8] == b"ftyp" and data[8:12] in _ISO_BMFF_BRANDS:
+    return True
+  head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+  return head.startswith((b"<svg", b"<?xml")) and b"<svg" in data[:4096].lower()
 
 
 def url_stems(url: str) -> list[str]:
