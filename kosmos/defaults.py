@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from kosmos.data import images as images_lib
+
 # Fixed ids of the special tokens in tokenizers kosmos trains (kosmos.data.tokenizer).
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 IMAGE_START_ID, IMAGE_END_ID, IMAGE_SLOT_ID, VECTOR_SLOT_ID = 4, 5, 6, 7
@@ -66,7 +68,8 @@ def data() -> ml_collections.ConfigDict:
       bad_check_min_records=1000,  # ... once a source has delivered this many records
       packing_bins=8,  # rows filled together by the first-fit packer (kosmos.data.packing)
       min_piece_tokens=16,  # shortest piece a split document may leave in a row
-      max_image_pixels=64_000_000,  # larger images are skipped as decompression bombs
+      # larger images are skipped as decompression bombs; the converters drop them too
+      max_image_pixels=images_lib.DEFAULT_MAX_PIXELS,
       max_vectors_per_row=0,  # V; vectors are on when this and vector_dim are > 0
       vector_dim=0,  # D of PaLM-E style state vectors (one vector-slot token each)
       mix_estimate_records=256,  # records per source read to estimate tokens per document

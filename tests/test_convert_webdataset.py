@@ -6,10 +6,15 @@ import json
 import os
 import tarfile
 
+import numpy as np
+import pytest
 from PIL import Image
 
+from kosmos import defaults
+from kosmos.data import images as pipeline_images
 from kosmos.data import records
 
+from image_files import encode, mp4, noise, png_1bit
 from prepare_module import ROOT, prepare
 
 
@@ -112,3 +117,61 @@ def test_webdataset_json_captions_and_workers(tmp_path):
       _image((t * 40, i * 40, 7)) for t in range(3) for i in range(3)]
   assert records.read_manifest(str(outs[1]))["shards"] == records.read_manifest(
       str(outs[0]))["shards"]
+
+
+def _convert(tmp_path, members, *flags):
+  src = tmp_path / "shards"
+  src.mkdir(parents=True)
+  _tar(src / "00000.tar", members)
+  out = tmp_path / "out"
+  assert prepare.main(["webdataset", "--input", str(src), "--output", str(out), *flags]) == 0
+  return list(records.read_dir(str(out))), records.read_manifest(str(out))
+
+
+def test_webdataset_keeps_phone_jpegs_with_data_after_the_image(tmp_path):
+  motion, padded, video = encode(noise(1)), encode(noise(2)), mp4(200_000)
+  mpo = encode(noise(3), "MPO", save_all=True, append_images=[Image.fromarray(noise(5))])
+  cut = encode(noise(6)) + video
+  got, manifest = _convert(tmp_path, [
+      ("000.jpg", motion + video), ("000.txt", b"motion photo"),
+      ("001.jpg", mpo), ("001.txt", b"multi-picture"),
+      ("002.jpg", padded + b"\x00" * 8192), ("002.txt", b"zero padding"),
+      ("003.jpg", cut[:len(cut) - len(video) - 300]), ("003.txt", b"truncated"),
+      ("004.jpg", encode(noise(7))), ("004.txt", b"plain"),
+  ])
+  assert [r["segments"][1]["text"] for r in got] == ["motion photo", "multi-picture",
+                                                     "zero padding", "plain"]
+  stored = [r["segments"][0]["image"] for r in got]
+  assert stored[0] == motion and stored[2] == padded  # the bytes after the end are cut off
+  assert mpo.startswith(stored[1]) and len(stored[1]) < len(mpo)
+  for image, original in zip(stored, (motion + video, mpo, padded + b"\x00" * 8192)):
+    np.testing.assert_array_equal(pipeline_images.decode(image, 32),
+                                  pipeline_images.decode(original, 32))
+  assert manifest["dropped"] == {"corrupt_image": 1}
+
+
+def test_webdataset_gif_members_count_as_unsupported_format(tmp_path):
+  gif, jpg = encode(noise(7), "GIF"), encode(noise(8))
+  got, manifest = _convert(tmp_path, [
+      ("000.gif", gif), ("000.txt", b"a gif only"),
+      ("001.gif", gif), ("001.jpg", jpg), ("001.txt", b"gif and jpg"),
+      ("002.txt", b"no image at all"),
+  ])
+  assert [(r["id"], r["segments"][0]["image"]) for r in got] == [("00000.tar/001", jpg)]
+  # data/README.md: `unsupported_image_format` (not JPEG/PNG/WebP, e.g. GIF, SVG)
+  assert manifest["dropped"] == {"unsupported_image_format": 1, "missing_image": 1}
+
+
+def test_webdataset_drops_images_the_pipeline_would_skip(tmp_path):
+  over, at, small = png_1bit(8001, 8000), png_1bit(8000, 8000), encode(noise(9))
+  members = [("000.png", over), ("000.txt", b"above the limit"),
+             ("001.png", at), ("001.txt", b"at the limit"), ("002.jpg", small), ("002.txt", b"s")]
+  got, manifest = _convert(tmp_path, members)
+  assert [r["segments"][0]["image"] for r in got] == [at, small]
+  assert manifest["dropped"] == {"image_too_large": 1}
+  assert manifest["arguments"]["max_image_pixels"] == defaults.data().max_image_pixels
+  with pytest.raises(pipeline_images.ImageError, match="8001x8000"):
+    pipeline_images.decode(over, 16, defaults.data().max_image_pixels)
+  got, manifest = _convert(tmp_path / "lower", members, "--max-image-pixels", str(40 * 56))
+  assert [r["segments"][0]["image"] for r in got] == [small]
+  assert manifest["dropped"] == {"image_too_large": 2}

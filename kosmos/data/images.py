@@ -21,7 +21,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 REASONS = ("empty", "too_large", "truncated", "corrupt")
-DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000
+# About 8000 x 8000. The one limit: config.data.max_image_pixels and the converters'
+# --max-image-pixels default to it, so no record is written that training would skip.
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageError(ValueError):

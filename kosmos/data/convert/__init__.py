@@ -3,5 +3,6 @@
 `python data/prepare.py FORMAT ...` runs the module `kosmos.data.convert.<FORMAT>` (with
 '-' read as '_'). A format module defines `DESCRIPTION: str`,
 `add_arguments(parser) -> None` and `main(args) -> int`; modules without them
-(`common`, `runner`, `images`, `lines`, `interleaved`, `parquet_io`, `html_text`) are shared machinery.
+(`common`, `runner`, `images`, `jpeg`, `lines`, `interleaved`, `parquet_io`,
+`html_text`) are shared machinery.
 """

@@ -17,6 +17,7 @@ import hashlib
 import os
 from typing import Any, Iterable
 
+from kosmos.data import images as pipeline_images
 from kosmos.data.convert import images
 
 # Reasons for dropping an input, counted in manifest.json `dropped`. Converters may add
@@ -49,8 +50,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, input_help: str,
                       help="drop images whose shorter side is below this many pixels")
   parser.add_argument("--max-image-bytes", type=int, default=32 << 20,
                       help="drop images whose encoded size exceeds this many bytes")
-  parser.add_argument("--max-image-pixels", type=int, default=100_000_000,
-                      help="drop images with more pixels than this (decompression bombs)")
+  parser.add_argument("--max-image-pixels", type=int,
+                      default=pipeline_images.DEFAULT_MAX_PIXELS,
+                      help="drop images with more pixels than this (default: the training "
+                           "pipeline's limit, data.max_image_pixels, above which it skips them)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,17 +126,19 @@ class Context:
       self.dropped[reason] += count
 
   def check_image(self, data: bytes | None, pending: set[bytes] | None = None) -> bytes | None:
-    """Returns `data` if it is a usable image not yet written, else counts why and returns None.
+    """The bytes to store if `data` is a usable image not yet written, else counts why -> None.
 
-    `pending` holds digests of images already accepted into the record being built, so a
-    document that repeats an image keeps only its first copy.
+    The bytes are `data`, or for a JPEG the part up to its first image's end marker
+    (`images.check`); duplicates are found on those. `pending` holds digests of images
+    already accepted into the record being built, so a document that repeats an image keeps
+    only its first copy.
     """
     if data is None:
       self.drop(MISSING_IMAGE)
       return None
-    reason = images.check(data, min_size=self.args.min_image_size,
-                          max_bytes=self.args.max_image_bytes,
-                          max_pixels=self.args.max_image_pixels)
+    data, reason = images.check(data, min_size=self.args.min_image_size,
+                                max_bytes=self.args.max_image_bytes,
+                                max_pixels=self.args.max_image_pixels)
     if reason:
       self.drop(reason)
       return None

@@ -1,7 +1,8 @@
 """Cheap image checks, image-file lookup by URL, and array encoding for the converters.
 
-Images are stored as their original encoded bytes; nothing here decodes pixels except
-`encode_array`, which encodes already-decoded arrays (TFDS) to PNG or JPEG.
+Images are stored as their original encoded bytes (a JPEG cut after its first image's end
+marker); nothing here decodes pixels except `encode_array`, which encodes already-decoded
+arrays (TFDS) to PNG or JPEG.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import warnings
 import numpy as np
 from PIL import Image
 
-# Formats the training pipeline accepts (Pillow's names).
-FORMATS = ("JPEG", "PNG", "WEBP")
+from kosmos.data import images as pipeline_images
+from kosmos.data.convert import jpeg
+
+# Formats stored in records (Pillow's names). MPO is a JPEG whose further pictures follow
+# its first image's end marker; decoders read the first picture.
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _EXT_VARIANTS = tuple(e for ext in EXTENSIONS for e in (ext, ext.upper())) + ("",)
+# Container formats (HEIF, AVIF) and SVG, which this Pillow may not identify at all.
+_ISO_BMFF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+                    b"avif", b"avis")
 
 EMPTY_IMAGE = "empty_image"
 CORRUPT_IMAGE = "corrupt_image"
@@ -29,36 +37,52 @@ IMAGE_TOO_SMALL = "image_too_small"
 
 
 def check(data: bytes, *, min_size: int = 1, max_bytes: int = 32 << 20,
-          max_pixels: int = 100_000_000) -> str | None:
-  """Returns None for a usable encoded image, else the drop reason.
+          max_pixels: int = pipeline_images.DEFAULT_MAX_PIXELS) -> tuple[bytes | None, str | None]:
+  """(bytes to store, None) for a usable encoded image, else (None, the drop reason).
 
-  Reads only the header (size, format) and runs Pillow's `verify()` (PNG: chunk CRCs;
-  JPEG: header markers, plus a check that the data ends with an EOI marker, which catches
-  truncated downloads). Pixels are not decoded.
+  Reads only the header (size, format) and runs Pillow's `verify()` (PNG: chunk CRCs).
+  A JPEG (or MPO) must hold its first image's end marker (which catches truncated
+  downloads, see `jpeg.image_end`); what follows the marker (a Motion Photo's video, an
+  MPO's further pictures, padding) is cut off, so the stored bytes decode to the same
+  pixels. `max_pixels` defaults to the training pipeline's limit, `max_bytes` applies to
+  the bytes stored. Pixels are not decoded.
   """
   if not data:
-    return EMPTY_IMAGE
-  if len(data) > max_bytes:
-    return IMAGE_TOO_LARGE
+    return None, EMPTY_IMAGE
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
       with Image.open(io.BytesIO(data)) as image:
         fmt, (width, height) = image.format, image.size
         if fmt not in FORMATS:
-          return UNSUPPORTED_IMAGE_FORMAT
+          return None, UNSUPPORTED_IMAGE_FORMAT
         if width * height > max_pixels:
-          return IMAGE_TOO_LARGE
+          return None, IMAGE_TOO_LARGE
         if min(width, height) < min_size:
-          return IMAGE_TOO_SMALL
+          return None, IMAGE_TOO_SMALL
         image.verify()
   except Image.DecompressionBombError:
-    return IMAGE_TOO_LARGE
+    return None, IMAGE_TOO_LARGE
+  except Image.UnidentifiedImageError:
+    return None, UNSUPPORTED_IMAGE_FORMAT if _known_unsupported(data) else CORRUPT_IMAGE
   except Exception:  # Pillow raises many types for bad data
-    return CORRUPT_IMAGE
-  if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
-    return CORRUPT_IMAGE
-  return None
+    return None, CORRUPT_IMAGE
+  if fmt in ("JPEG", "MPO"):
+    end = jpeg.image_end(data)
+    if end is None:
+      return None, CORRUPT_IMAGE
+    data = data[:end]
+  if len(data) > max_bytes:
+    return None, IMAGE_TOO_LARGE
+  return data, None
+
+
+def _known_unsupported(data: bytes) -> bool:
+  """Whether unidentified bytes are SVG, HEIF or AVIF (formats, not damage)."""
+  if data[4:8] == b"ftyp" and data[8:12] in _ISO_BMFF_BRANDS:
+    return True
+  head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+  return head.startswith((b"<svg", b"<?xml")) and b"<svg" in data[:4096].lower()
 
 
 def url_stems(url: str) -> list[str]:

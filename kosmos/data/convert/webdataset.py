@@ -4,6 +4,11 @@ A sample is the run of consecutive tar members sharing a key (the member path up
 first '.' of its file name): `key.jpg|jpeg|png|webp` plus `key.txt` and/or `key.json`
 (caption at --caption-field). Tars are streamed (`tarfile` mode 'r|*', also .tar.gz);
 only image, txt and json members are read. Segments are `[image, text]`.
+
+Members with other image extensions (`key.gif`, `.bmp`, `.tif`, `.svg`, `.heic`, `.avif`)
+are read too and, when the sample has no JPEG/PNG/WebP member, checked like any image, so
+such a sample counts as `unsupported_image_format` (the stored formats are JPEG/PNG/WebP),
+not as `missing_image`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from kosmos.data.convert.common import Context, Unit
 DESCRIPTION = "webdataset/img2dataset tar shards (key.jpg + key.txt|json) -> kind=pair"
 SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-_READ_EXTS = IMAGE_EXTS + ("txt", "json")
+OTHER_IMAGE_EXTS = ("gif", "bmp", "tif", "tiff", "svg", "heic", "heif", "avif")
+_READ_EXTS = IMAGE_EXTS + OTHER_IMAGE_EXTS + ("txt", "json")
 CORRUPT_ARCHIVE = "corrupt_archive"
 
 
@@ -112,7 +118,7 @@ def _caption(parts: dict[str, bytes], meta: dict[str, Any], args: argparse.Names
 def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator[dict[str, Any]]:
   """Pair records of one tar, in member order."""
   for key, parts in _samples(unit.payload, ctx):
-    image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
+    image_ext = next((e for e in IMAGE_EXTS + OTHER_IMAGE_EXTS if e in parts), None)
     if image_ext is None:
       ctx.drop(common.MISSING_IMAGE)
       continue
