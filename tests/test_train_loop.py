@@ -83,3 +83,17 @@ def test_eval_every_k_steps_writes_results(data_root, tmp_path):
     assert result["template"]["prompt"] == "A picture of"  # the task options reach the runner
     assert result["template"]["separator"] == "."
     assert result["step"] == step and all(np.isfinite(r["mean"]) for r in result["rows"])
+
+
+def test_resume_does_not_log_a_step_twice(data_root, tmp_path):
+  """Steps logged after the checkpoint a run resumes from are logged once, by the resume."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from kosmos import workdir  # pylint: disable=g-import-not-at-top
+  config = train_fixture.config(data_root, steps=4, log_every=1, checkpoint_every=2)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  # as if killed after logging step 4 but before its save completed
+  shutil.rmtree(f"{workdir.checkpoint_dir(str(tmp_path))}/4")
+  trainer.train_and_evaluate(config, str(tmp_path))
+  steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics" / "train_log.jsonl")]
+  assert steps == [1, 2, 3, 4]
+

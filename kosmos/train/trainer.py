@@ -5,11 +5,14 @@ each process reads only its own data shard and feeds its slice of the global bat
 Orbax saves state + every process's data-iterator state, and a workdir with a checkpoint
 resumes automatically. Only process 0 writes metrics and logs.
 
-Faults: SIGTERM/SIGINT set a flag; all processes agree on it at the same step (an
-all-gather of the flag), save and return normally (exit 0). A non-finite loss or
+Faults: SIGTERM/SIGINT set a flag (from the first line of `train_and_evaluate`: a signal
+during set-up stops before the first step, exit 0); all processes agree on it at the same
+step (an all-gather of the flag), save and return normally (exit 0). A non-finite loss or
 gradient never reaches the state (the step keeps the old one); with
 `train.nan_policy="stop"` the run stops with `NonFiniteError` without saving, so the last
-good checkpoint stays the latest; with "skip" the bad batch is skipped and counted.
+good checkpoint stays the latest; with "skip" the bad batch is skipped and counted. A
+batch without text targets is not applied either and is counted (`no_text_steps_total`).
+A resumed run first drops the train_log.jsonl lines of steps after its checkpoint.
 """
 
 from __future__ import annotations
@@ -105,11 +108,12 @@ def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   out = {}
   for key in keys:
     values = np.asarray([m[key] for m in fetched], np.float64)
-    if key.startswith("text_tokens") or key == "finite":
+    if key.startswith("text_tokens") or key in ("finite", "no_text"):
       out[key] = float(values.sum())
     else:
       out[key] = float(values.mean())
   out["nonfinite_steps"] = float(len(fetched) - out.pop("finite"))
+  out["no_text_steps"] = out.pop("no_text", 0.0)
   return out
 
 
@@ -148,6 +152,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   hooks: called as hook(step, state) after every step (tests, custom logging); few-shot
   evaluation runs as one when train.eval_every > 0 (kosmos.train.eval_hook).
   """
+  with _StopFlag() as stop:  # from the start: a SIGTERM during set-up also exits cleanly
+    return _train(config, workdir, hooks, stop)
+
+
+def _truncate_log(path: str, after_step: int) -> None:
+  """Drops train_log.jsonl lines of steps after `after_step` (written past the checkpoint
+  a resumed run restarts from, so that they are not logged twice)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= after_step]
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           hooks: list[Callable[[int, Any], None]] | None, stop: _StopFlag) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   run = step_lib.setup(config, mesh)
   is_main = jax.process_index() == 0
@@ -176,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     epath.Path(metrics_dir).mkdir(parents=True, exist_ok=True)
   # train_log.jsonl is appended to, which object stores cannot do: local workdirs only.
   jsonl = os.path.join(metrics_dir, "train_log.jsonl") if is_main and not workdir_lib.is_remote(workdir) else None
+  if jsonl:
+    _truncate_log(jsonl, int(state.step))
   writer = metric_writers.create_default_writer(metrics_dir, just_logging=not is_main)
   if is_main and int(state.step) == 0:
     parameter_overview.log_parameter_overview(state.params, msg="trainable parameters")
@@ -197,73 +224,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_log = time.time()
   images_since = 0
   step = reported = int(state.step)
-  with _StopFlag() as stop:
-    while step < total_steps:
-      local = next(data_iter)
-      pipeline.accumulate_stats(data_totals, local.pop("data_stats", {}))
-      batch = global_batch(local, mesh)
-      if train_step is None:
-        shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-        train_step = step_lib.jit_train_step(config, run, mesh, shapes)
-      state, metrics = train_step(state, batch)
-      history.append(metrics)
-      images_since += int(local["image_mask"].sum()) * jax.process_count()
-      step += 1
-      tokens_seen += int(np.prod(local["tokens"].shape)) * jax.process_count()
-      if step > reported:  # a skipped (non-finite) step is retried under the same number
-        report(step)
-        reported = step
-      for hook in hooks:
-        hook(step, state)
-      at_log = step % config.train.log_every == 0 or step == total_steps
-      at_ckpt = step % config.train.checkpoint_every == 0 or step == total_steps
-      # Agreeing on a signal is a host sync on multi-host runs: do it every few steps.
-      stopping = (jax.process_count() == 1 or step % config.train.signal_check_every == 0
-                  or at_log or at_ckpt) and stop.agreed()
-      if at_log or at_ckpt or stopping:
-        summary = _mean_metrics(history)
-        bad = int(summary["nonfinite_steps"])
-        if bad and config.train.nan_policy == "stop":
-          checkpointer.close()
-          raise NonFiniteError(
-              f"non-finite loss or gradients in {bad} of the last {len(history)} steps before "
-              f"step {step} (loss {summary['loss']}, grad_norm {summary['grad_norm']}); the state "
-              f"was not updated by them and the last good checkpoint is step "
-              f"{checkpointer.latest_step()} in {workdir}. Set train.nan_policy='skip' to go on.")
-        skipped += bad
-        step = int(jax.device_get(state.step))  # skipped updates do not advance the step
-        consecutive = consecutive + bad if bad == len(history) else 0
-        if consecutive > config.train.max_consecutive_skips:
-          checkpointer.close()
-          raise NonFiniteError(
-              f"{consecutive} consecutive non-finite steps at step {step} (more than "
-              f"train.max_consecutive_skips={config.train.max_consecutive_skips}): the model "
-              f"diverged; the last good checkpoint is step {checkpointer.latest_step()} in {workdir}")
-        elapsed = max(time.time() - last_log, 1e-9)
-        summary.update({
-            "tokens_per_s": len(history) * config.data.global_batch_size * config.data.seq_len / elapsed,
-            "images_per_s": images_since / elapsed,
-            "skipped_steps_total": skipped,
-        })
-        mfu = flops_lib.mfu(step_flops, elapsed / len(history), jax.device_count(), device_kind)
-        if mfu is not None:
-          summary["mfu"] = mfu
-        # Data counters: records per source always, problem counters once non-zero.
-        data_scalars = {f"data/{k}": v for k, v in data_totals.items() if v or k.endswith("/records")}
-        writer.write_scalars(step, summary)
-        writer.write_scalars(step, data_scalars)
-        if jsonl:
-          with open(jsonl, "a") as f:
-            f.write(json.dumps(dict(summary, **data_scalars, step=step)) + "\n")
-        losses.append(summary["loss"])
-        history, images_since, last_log = [], 0, time.time()
-      if (at_ckpt or stopping) and step != checkpointer.latest_step():
-        checkpointer.save(state, data_iter, {"tokens_seen": tokens_seen, "data_totals": data_totals},
-                          force=stopping)
-      if stopping:
-        logging.warning("stopped by signal at step %d after saving", step)
-        break
+  no_text = 0  # steps whose batch had no text target: not applied, retried like skips
+  signalled_early = stop.agreed()  # during set-up: exit cleanly, nothing new to save
+  if signalled_early:
+    logging.warning("stopped by signal before the first step")
+  while step < total_steps and not signalled_early:
+    local = next(data_iter)
+    pipeline.accumulate_stats(data_totals, local.pop("data_stats", {}))
+    batch = global_batch(local, mesh)
+    if train_step is None:
+      shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+      train_step = step_lib.jit_train_step(config, run, mesh, shapes)
+    state, metrics = train_step(state, batch)
+    history.append(metrics)
+    images_since += int(local["image_mask"].sum()) * jax.process_count()
+    step += 1
+    tokens_seen += int(np.prod(local["tokens"].shape)) * jax.process_count()
+    if step > reported:  # a skipped (non-finite) step is retried under the same number
+      report(step)
+      reported = step
+    for hook in hooks:
+      hook(step, state)
+    at_log = step % config.train.log_every == 0 or step == total_steps
+    at_ckpt = step % config.train.checkpoint_every == 0 or step == total_steps
+    # Agreeing on a signal is a host sync on multi-host runs: do it every few steps.
+    stopping = (jax.process_count() == 1 or step % config.train.signal_check_every == 0
+                or at_log or at_ckpt) and stop.agreed()
+    if at_log or at_ckpt or stopping:
+      summary = _mean_metrics(history)
+      bad = int(summary["nonfinite_steps"])
+      if bad and config.train.nan_policy == "stop":
+        checkpointer.close()
+        raise NonFiniteError(
+            f"non-finite loss or gradients in {bad} of the last {len(history)} steps before "
+            f"step {step} (loss {summary['loss']}, grad_norm {summary['grad_norm']}); the state "
+            f"was not updated by them and the last good checkpoint is step "
+            f"{checkpointer.latest_step()} in {workdir}. Set train.nan_policy='skip' to go on.")
+      skipped += bad
+      no_text += int(summary["no_text_steps"])
+      step = int(jax.device_get(state.step))  # skipped / no-text updates do not advance it
+      consecutive = consecutive + bad if bad == len(history) else 0
+      if consecutive > config.train.max_consecutive_skips:
+        checkpointer.close()
+        raise NonFiniteError(
+            f"{consecutive} consecutive non-finite steps at step {step} (more than "
+            f"train.max_consecutive_skips={config.train.max_consecutive_skips}): the model "
+            f"diverged; the last good checkpoint is step {checkpointer.latest_step()} in {workdir}")
+      elapsed = max(time.time() - last_log, 1e-9)
+      summary.update({
+          "tokens_per_s": len(history) * config.data.global_batch_size * config.data.seq_len / elapsed,
+          "images_per_s": images_since / elapsed,
+          "skipped_steps_total": skipped,
+          "no_text_steps_total": no_text,
+      })
+      mfu = flops_lib.mfu(step_flops, elapsed / len(history), jax.device_count(), device_kind)
+      if mfu is not None:
+        summary["mfu"] = mfu
+      # Data counters: records per source always, problem counters once non-zero.
+      data_scalars = {f"data/{k}": v for k, v in data_totals.items() if v or k.endswith("/records")}
+      writer.write_scalars(step, summary)
+      writer.write_scalars(step, data_scalars)
+      if jsonl:
+        with open(jsonl, "a") as f:
+          f.write(json.dumps(dict(summary, **data_scalars, step=step)) + "\n")
+      losses.append(summary["loss"])
+      history, images_since, last_log = [], 0, time.time()
+    if (at_ckpt or stopping) and step != checkpointer.latest_step():
+      checkpointer.save(state, data_iter, {"tokens_seen": tokens_seen, "data_totals": data_totals},
+                        force=stopping)
+    if stopping:
+      logging.warning("stopped by signal at step %d after saving", step)
+      break
   checkpointer.close()
   writer.flush()
   return {"step": step, "losses": losses, "stopped_by_signal": stop.requested,
-          "skipped_steps": skipped, "tokens_seen": tokens_seen, "state": state}
+          "skipped_steps": skipped, "no_text_steps": no_text, "tokens_seen": tokens_seen,
+          "state": state}
