@@ -1,6 +1,8 @@
 """Parameter count and breakdown of a config, from `jax.eval_shape` (nothing allocated).
 
-    python -m kosmos.model.summary --config configs/kosmos1.py [--out F.json]
+    python -m kosmos.model.summary --config configs/kosmos1.py [--out F.json] [--config.a.b=v ...]
+
+Counts are the same for scanned stacks (`scan_layers`: one [L, ...] array per parameter).
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/X.py[:arg]")
   parser.add_argument("--out", help="also write the counts as JSON here")
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
   config = configs.load(args.config)
+  try:
+    configs.apply_overrides(config, rest)
+  except (ValueError, TypeError) as e:
+    parser.error(str(e))
   counts = count(config.model)
   tpi = multimodal.tokens_per_image(config.model)
   for part, n in counts.items():
