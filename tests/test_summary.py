@@ -42,8 +42,7 @@ def test_summary_command_prints_the_breakdown(tmp_path, kosmos1_counts):
 
 
 def test_scanned_stacks_count_the_same():
-  from kosmos.model import summary as summary_lib  # pylint: disable=g-import-not-at-top
-  config = tiny.model_config()
-  scanned = config.copy_and_resolve_references()
+  config = configs.load("configs/kosmos1.py")
+  scanned = config.model.copy_and_resolve_references()
   scanned.decoder.scan_layers = scanned.vision.scan_layers = True
-  assert summary_lib.count(scanned) == summary_lib.count(config)
+  assert summary.count(scanned) == summary.count(config.model)
