@@ -57,6 +57,7 @@ import numpy as np
 
 from kosmos import configs, sharding
 from kosmos.train import flops as flops_lib
+from kosmos.train import hlo_costs
 from kosmos.train import step as step_lib
 
 GIB = 1024 ** 3
@@ -70,15 +71,18 @@ class Generation:
   cores_per_chip: int  # what the name's number counts per chip (2: TensorCores, 1: chips)
   chip_config: str  # "megacore" (one device per chip of two cores) or "default"
   hbm_bytes: int
+  hbm_bandwidth: float  # bytes/s per chip
   min_chips: int
   max_chips: int  # per slice
 
 
+# HBM bandwidth per chip: Cloud TPU system-architecture pages (v4 1,200 GB/s, v5e 819 GB/s,
+# v5p 2,765 GB/s, v6e 1,640 GB/s).
 GENERATIONS = {
-    "v4": Generation("v4", 3, 2, "megacore", 32 * GIB, 4, 4096),
-    "v5p": Generation("v5p", 3, 2, "megacore", 95 * GIB, 4, 8192),
-    "v5e": Generation("v5e", 2, 1, "default", 16 * GIB, 1, 256),
-    "v6e": Generation("v6e", 2, 1, "default", 32 * GIB, 1, 256),
+    "v4": Generation("v4", 3, 2, "megacore", 32 * GIB, 1.2e12, 4, 4096),
+    "v5p": Generation("v5p", 3, 2, "megacore", 95 * GIB, 2.765e12, 4, 8192),
+    "v5e": Generation("v5e", 2, 1, "default", 16 * GIB, 8.19e11, 1, 256),
+    "v6e": Generation("v6e", 2, 1, "default", 32 * GIB, 1.64e12, 1, 256),
 }
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
 
@@ -96,6 +100,7 @@ class Topology:
   num_slices: int
   chips_per_slice: int
   hbm_bytes: int
+  hbm_bandwidth: float
 
   @property
   def chips(self) -> int:
@@ -152,7 +157,8 @@ def parse_topology(name: str) -> Topology:
   return Topology(name=name, generation=gen_name,
                   topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}",
                   chip_config=gen.chip_config, chips_per_host_bounds=host, num_slices=slices,
-                  chips_per_slice=chips, hbm_bytes=gen.hbm_bytes)
+                  chips_per_slice=chips, hbm_bytes=gen.hbm_bytes,
+                  hbm_bandwidth=gen.hbm_bandwidth)
 
 
 def topology_devices(topology: Topology) -> list[Any]:
@@ -336,10 +342,12 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   report["compile_seconds"] = {"lower": round(lowered_at - start, 2),
                                "compile": round(done - lowered_at, 2)}
 
+  hlo = None
   if compiled is not None:
     memory = _memory(compiled.memory_analysis())
     memory["argument_from_shardings"] = argument_bytes((run.abstract_state, batch))
     cost = _cost(compiled)
+    hlo = hlo_costs.analyze(compiled)
   else:
     memory = _oom_memory(str(error), argument_bytes((run.abstract_state, batch)))
     if memory is None:
@@ -351,14 +359,38 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   report["memory_per_chip"] = memory
   report["fits"] = memory["fits"]
   report["xla_cost_per_chip"] = dict(cost, scope=(
-      "per chip: cost_analysis of the SPMD-partitioned program (one device's partition)"))
-  report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None))
+      "per chip: cost_analysis of the SPMD-partitioned program (one device's partition); "
+      "sees nothing inside Pallas kernels (see `kernels`)"))
+  kernels = program_extras(report, hlo, peak, topo.hbm_bandwidth)
+  report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None,
+                           kernels))
   report["suggestions"] = [] if report["fits"] else suggestions(report)
   return report
 
 
+def program_extras(report: dict[str, Any], hlo: dict[str, Any] | None, peak: float | None,
+                   hbm_bandwidth: float) -> dict[str, Any] | None:
+  """Adds `kernels` (Pallas kernels XLA's cost analysis does not see, with their roofline
+  seconds) and `collectives_per_chip` to `report`; returns the kernels' totals."""
+  if hlo is None:
+    report["kernels"] = report["collectives_per_chip"] = None
+    return None
+  totals = hlo_costs.kernel_seconds(hlo, peak, hbm_bandwidth)
+  totals["unknown_trip_counts"] = hlo["unknown_trip_counts"]
+  report["kernels"] = dict(totals, per_kernel=hlo["kernels"], hbm_bandwidth=hbm_bandwidth, scope=(
+                               "per chip per step: executions x max(flops / peak, bytes / "
+                               "HBM bandwidth) per kernel"))
+  report["collectives_per_chip"] = dict(hlo["collectives"], total_bytes=hlo["collective_bytes"],
+                                        scope="bytes per chip per step: max(operand, result) "
+                                              "bytes of each op x executions")
+  cost = report["xla_cost_per_chip"]
+  if "flops" in cost:
+    cost["flops_with_kernels"] = cost["flops"] + totals["flops"]
+  return totals
+
+
 def _step_time(cost: dict[str, float], peak: float | None, model_flops: float, chips: int,
-               compiled: bool) -> dict[str, Any]:
+               compiled: bool, kernels: dict[str, Any] | None = None) -> dict[str, Any]:
   if not compiled:
     return {"step_seconds": None, "step_seconds_source": None, "mfu": None,
             "mfu_reason": "the program does not fit in HBM, so XLA gives no cost analysis"}
@@ -371,12 +403,24 @@ def _step_time(cost: dict[str, float], peak: float | None, model_flops: float, c
   else:
     return {"step_seconds": None, "step_seconds_source": None, "mfu": None,
             "mfu_reason": "no step-time estimate (XLA reported neither optimal_seconds nor flops)"}
-  out = {"step_seconds": seconds, "step_seconds_source": source}
+  out = {"xla_step_seconds": seconds}
+  kernels = kernels or {"seconds": 0.0, "uncounted": [], "flops": 0.0}
+  if kernels["seconds"] > 0:
+    seconds += kernels["seconds"]
+    source += " + Pallas kernels: sum of executions x max(flops / peak, bytes / HBM bandwidth)"
+  out.update(step_seconds=seconds, step_seconds_source=source)
   mfu = model_flops / (seconds * peak * chips) if peak else None
   out["mfu"] = mfu
   out["mfu_reason"] = None if mfu is not None else "unknown peak FLOP/s for this device kind"
+  out["mfu_is_upper_bound"] = bool(kernels["uncounted"] or kernels.get("unknown_trip_counts"))
+  if out["mfu_is_upper_bound"]:
+    out["mfu_reason"] = "upper bound: " + "; ".join(filter(None, (
+        kernels["uncounted"] and "kernels whose work is not counted: "
+        + ", ".join(sorted(set(kernels["uncounted"]))),
+        kernels.get("unknown_trip_counts") and "while loops of unknown trip count (counted "
+        "once): " + ", ".join(kernels["unknown_trip_counts"]))))
   if peak and cost.get("flops"):
-    out["xla_flops_seconds_at_peak"] = cost["flops"] / peak
+    out["xla_flops_seconds_at_peak"] = (cost["flops"] + kernels["flops"]) / peak
   return out
 
 
@@ -402,14 +446,30 @@ def format_table(report: dict[str, Any]) -> str:
                       f"{g(mem['hbm'])} -> "
                       f"{'FITS' if report['fits'] else 'DOES NOT FIT'} ({mem['source']})"),
   ]
+  kernels, coll = report.get("kernels"), report.get("collectives_per_chip")
   if cost.get("flops") is not None:
-    rows.append(("XLA FLOPs per chip", f"{cost['flops']:.4g}"))
+    extra = (f" + Pallas kernels {kernels['flops']:.4g} = {cost['flops_with_kernels']:.4g}"
+             if kernels and kernels["per_kernel"] else "")
+    rows.append(("XLA FLOPs per chip", f"{cost['flops']:.4g}{extra}"))
+  for k in (kernels or {}).get("per_kernel", []):
+    rows.append(("kernel", f"{k['name']} x{k['executions']}: " + (
+        f"{k['flops']:.4g} FLOPs, {_gib(k['bytes'])}, {k['seconds'] * 1e3:.3g} ms each "
+        f"({k['bound']}-bound; {k['mask']})" if k.get("counted") else
+        "NOT COUNTED (unknown kernel: MFU is an upper bound)")))
+  if coll is not None:
+    parts = [f"{kind} {_gib(v['bytes'])} ({v['executions']}x)" for kind, v in coll.items()
+             if isinstance(v, dict)]
+    rows.append(("collectives per chip", f"{_gib(coll['total_bytes'])} per step"
+                 + (f": {', '.join(parts)}" if parts else "")))
   rows.append(("analytic FLOPs", f"{report['analytic_flops']['total']:.4g} per step, "
                                  f"{report['analytic_flops']['per_chip']:.4g} per chip"))
   if report.get("step_seconds") is not None:
     rows.append(("step time", f"{report['step_seconds']:.4g} s [{report['step_seconds_source']}]"))
   mfu = report.get("mfu")
-  rows.append(("predicted MFU", f"{mfu:.1%}" if mfu is not None else f"- ({report['mfu_reason']})"))
+  shown = ("-" if mfu is None else
+           f"<= {mfu:.1%}" if report.get("mfu_is_upper_bound") else f"{mfu:.1%}")
+  rows.append(("predicted MFU", shown + (f" ({report['mfu_reason']})"
+                                         if report.get("mfu_reason") else "")))
   rows.append(("compile", f"lower {report['compile_seconds']['lower']} s, "
                           f"compile {report['compile_seconds']['compile']} s"))
   for s in report["suggestions"]:

@@ -325,3 +325,24 @@ def module_text(compiled: Any) -> str:
 
 def analyze(compiled: Any) -> dict[str, Any]:
   return analyze_text(module_text(compiled))
+
+
+def kernel_seconds(analysis: dict[str, Any], peak_flops: float | None,
+                   hbm_bandwidth: float | None) -> dict[str, Any]:
+  """Roofline time of the counted kernels: sum of executions x max(flops / peak, bytes /
+  HBM bandwidth) per kernel (each entry gets its `seconds`), with the totals per step and
+  the names of uncounted kernels."""
+  total = {"flops": 0.0, "bytes": 0.0, "seconds": 0.0, "uncounted": []}
+  for kernel in analysis["kernels"]:
+    if not kernel.get("counted"):
+      total["uncounted"].append(kernel["name"])
+      continue
+    n = kernel["executions"]
+    times = [kernel["flops"] / peak_flops if peak_flops else 0.0,
+             kernel["bytes"] / hbm_bandwidth if hbm_bandwidth else 0.0]
+    kernel["seconds"] = max(times)
+    kernel["bound"] = "compute" if times[0] >= times[1] else "memory"
+    total["flops"] += n * kernel["flops"]
+    total["bytes"] += n * kernel["bytes"]
+    total["seconds"] += n * kernel["seconds"]
+  return total
