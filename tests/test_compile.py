@@ -133,6 +133,21 @@ def test_report_flops_and_mfu(tiny_report):
   assert r["host"]["libtpu"] and r["host"]["date"]
 
 
+def test_report_kernels_and_collectives(tiny_report):
+  """No Pallas kernel in the tiny config (XLA attention), so nothing is added to XLA's step
+  time; data-parallel gradients are all-reduced in float32: at least 4 bytes per parameter."""
+  r = tiny_report
+  assert r["kernels"]["per_kernel"] == [] and r["kernels"]["seconds"] == 0
+  assert r["kernels"]["hbm_bandwidth"] == 2.765e12 and not r["mfu_is_upper_bound"]
+  assert r["xla_cost_per_chip"]["flops_with_kernels"] == r["xla_cost_per_chip"]["flops"]
+  assert r["xla_step_seconds"] == r["step_seconds"]
+  coll = r["collectives_per_chip"]
+  trainable = r["params"]["trainable"]
+  assert 4 * trainable <= coll["all-reduce"]["bytes"] < 6 * trainable
+  assert coll["total_bytes"] == sum(v["bytes"] for v in coll.values() if isinstance(v, dict))
+  assert "all-gather" not in coll  # nothing is sharded over fsdp here
+
+
 def _report(total, argument, temporary, *, mesh=(1, 4, 1), chips=4, hbm=16 * GIB, remat="none",
             batch=64):
   return {

@@ -153,6 +153,58 @@ def constant_ints(comp: list[Instr], name: str) -> list[int] | None:
   return None
 
 
+_PASS_THROUGH = ("copy", "copy-start", "copy-done", "bitcast", "reshape", "convert")
+
+
+def traced_ints(comps: dict[str, list[Instr]], callers: dict[str, list[tuple[str, Instr]]],
+                comp_name: str, name: str, element: int | None = None,
+                depth: int = 0) -> list[int] | None:
+  """Like `constant_ints`, but also follows tuple elements into the callers of a while
+  body or called computation (a loop-invariant constant enters a loop through its tuple)."""
+  if depth > 32:
+    return None
+  instr = next((i for i in comps.get(comp_name, []) if i.name == name), None)
+  if instr is None:
+    return None
+  follow = lambda c, n, e=None: traced_ints(comps, callers, c, n, e, depth + 1)
+  if element is not None:  # we want element `element` of this tuple-valued instruction
+    if instr.opcode == "tuple" and element < len(instr.operands):
+      return follow(comp_name, instr.operands[element])
+    if instr.opcode == "parameter":
+      return _from_callers(comps, callers, comp_name, instr, element, depth)
+    body = re.search(r"\bbody=%([\w.\-]+)", instr.attrs) if instr.opcode == "while" else None
+    root = next((i for i in comps.get(body.group(1), []) if i.root), None) if body else None
+    return follow(body.group(1), root.name, element) if root else None  # a loop's output
+  if instr.opcode == "constant":
+    return constant_ints(comps[comp_name], name)
+  if instr.opcode in _PASS_THROUGH and instr.operands:
+    return follow(comp_name, instr.operands[0])
+  if instr.opcode == "get-tuple-element" and instr.operands:
+    index = re.search(r"index=(\d+)", instr.attrs)
+    return follow(comp_name, instr.operands[0], int(index.group(1))) if index else None
+  if instr.opcode == "parameter":
+    return _from_callers(comps, callers, comp_name, instr, None, depth)
+  return None
+
+
+def _from_callers(comps, callers, comp_name, param, element, depth):
+  """The value a parameter gets from every caller, if they all agree."""
+  number = re.search(r"(\d+)", param.args)
+  values = []
+  for caller_comp, caller in callers.get(comp_name, []):
+    if caller.opcode == "while":
+      operand = caller.operands[0] if caller.operands else None
+    else:
+      k = int(number.group(1)) if number else 0
+      operand = caller.operands[k] if k < len(caller.operands) else None
+    if operand is None:
+      return None
+    values.append(traced_ints(comps, callers, caller_comp, operand, element, depth + 1))
+  if not values or any(v is None or v != values[0] for v in values):
+    return None
+  return values[0]
+
+
 def trip_count(instr: Instr, comps: dict[str, list[Instr]], caller: list[Instr]) -> int | None:
   """A while op's trip count: backend_config known_trip_count, else `i < N` in its condition
   with i's initial value a constant in the while's operand tuple (else assumed 0)."""
@@ -249,6 +301,12 @@ def analyze_text(text: str) -> dict[str, Any]:
   if entry is None:
     return {"kernels": [], "collectives": {}, "unknown_trip_counts": []}
   runs, unknown = executions(comps, entry)
+  callers: dict[str, list[tuple[str, Instr]]] = collections.defaultdict(list)
+  for comp_name, comp in comps.items():
+    for instr in comp:
+      for callee, role in _callees(instr):
+        if role in ("body", "calls"):
+          callers[callee].append((comp_name, instr))
   kernels: dict[tuple, dict[str, Any]] = {}
   coll: dict[str, dict[str, float]] = {k: {"ops": 0, "executions": 0, "bytes": 0} for k in COLLECTIVES}
   for comp_name, comp in comps.items():
@@ -261,7 +319,8 @@ def analyze_text(text: str) -> dict[str, Any]:
       if instr.opcode == "custom-call" and 'custom_call_target="tpu_custom_call"' in instr.attrs:
         operands = _operand_shapes(instr)
         results = shapes(instr.shape)
-        mask = constant_ints(comp, instr.operands[1]) if len(instr.operands) > 1 else None
+        mask = (traced_ints(comps, callers, comp_name, instr.operands[1])
+                if len(instr.operands) > 1 else None)
         name = _kernel_name(instr)
         key = (name, tuple(operands), tuple(results))
         if key in kernels:
