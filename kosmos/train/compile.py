@@ -56,6 +56,7 @@ import ml_collections
 import numpy as np
 
 from kosmos import configs, sharding
+from kosmos.train import compile_search
 from kosmos.train import flops as flops_lib
 from kosmos.train import hlo_costs
 from kosmos.train import step as step_lib
@@ -492,7 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/X.py[:arg]")
   parser.add_argument("--topology", required=True, help="e.g. v4-8, v5p-256, v5e-256, 2xv5p-256")
-  parser.add_argument("--out", help="write the report as JSON here")
+  parser.add_argument("--out", help="write the report as JSON here (with --search: the "
+                                      "winner's overrides and report, and every candidate)")
+  compile_search.add_flags(parser)
   args, rest = parser.parse_known_args(argv)
   try:
     topo = parse_topology(args.topology)
@@ -500,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs.apply_overrides(config, rest)
   except (TopologyError, ValueError, FileNotFoundError, TypeError) as e:
     parser.error(str(e))
+  if args.search:
+    return compile_search.run(args, topo, rest)
   report = compile_report(config, topo)
   report["config"], report["overrides"] = args.config, list(rest)
   report["host"] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no TPU (AOT compile)",
