@@ -231,3 +231,45 @@ def test_trainable_vision_layers_counts_from_first_trained_block():
   assert flops_lib.trainable_vision_layers({"decoder": {"embed": leaf}}, depth=24) == 0
   everything = {"vision": {"blocks": {i: {"k": leaf} for i in (0, 5, 23)}}}
   assert flops_lib.trainable_vision_layers(everything, depth=24) == 24
+
+
+def test_search_ranks_candidates_and_writes_the_winner(tmp_path, capsys):
+  """2 meshes x 2 remat policies x 2 accum values on v5p-8: the 4 with accum 3 (16 rows do
+  not split in 3) are skipped and the 2 with an unknown policy fail, without compiling;
+  the 2 that compile are ranked by MFU and the best one's overrides are written."""
+  out = tmp_path / "search.json"
+  code = compile_lib.main([
+      "--config", f"{TINY_CONFIG}:/nonexistent", "--topology", "v5p-8",
+      "--config.data.global_batch_size=16", "--search", "--search-mesh", "fsdp,data2_fsdp",
+      "--search-remat", "full,bogus", "--search-attention=", "--search-accum", "1,3",
+      "--jobs", "2", "--out", str(out)])
+  assert code == 0
+  result = json.loads(out.read_text())
+  rows = result["candidates"]
+  assert [r["status"] for r in rows] == ["fits"] * 2 + ["failed"] * 2 + ["skipped"] * 4
+  fits = rows[:2]
+  assert fits[0]["mfu"] >= fits[1]["mfu"] > 0
+  assert {r["choice"]["mesh"] for r in fits} == {"fsdp", "data2_fsdp"}
+  assert all(r["choice"] == {"mesh": r["choice"]["mesh"], "remat": "full", "accum": "1"}
+             for r in fits)
+  assert all("bogus" in r["reason"] for r in rows[2:4])
+  assert all("16" in r["reason"] and "3 micro-batches" in r["reason"] for r in rows[4:])
+  winner = result["winner"]
+  assert winner["overrides"] == fits[0]["overrides"]
+  assert winner["report"]["mfu"] == fits[0]["mfu"] and winner["report"]["fits"]
+  mesh = {"fsdp": (1, 4, 1), "data2_fsdp": (2, 2, 1)}[winner["choice"]["mesh"]]
+  assert winner["report"]["mesh"] == dict(zip(("data", "fsdp", "tensor"), mesh))
+  assert "--config.model.decoder.remat=full" in winner["overrides"]
+  assert "--config.optim.accum_steps=1" in winner["overrides"]
+  # The printed table lists the fitting candidates in the same order, ranked 1 and 2.
+  table = [l for l in capsys.readouterr().out.splitlines() if l[:2] in ("1 ", "2 ")]
+  assert [l.split()[1] for l in table] == [r["choice"]["mesh"] for r in fits]
+
+
+def test_search_mesh_names():
+  assert compile_lib.compile_search.mesh_overrides("fsdp_tensor2") == [
+      "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.mesh.tensor=2"]
+  assert compile_lib.compile_search.mesh_overrides("data2_fsdp") == [
+      "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.mesh.tensor=1"]
+  with pytest.raises(ValueError, match="pipeline2"):
+    compile_lib.compile_search.mesh_overrides("pipeline2")
