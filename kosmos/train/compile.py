@@ -2,6 +2,8 @@
 
     kosmos-compile --config configs/kosmos1.py --topology v5p-256 --out /tmp/k1.json \
         [--config.mesh.fsdp=-1 --config.data.global_batch_size=1024 ...]
+    kosmos-compile --config configs/kosmos1.py --topology v5p-256 --search --out /tmp/best.json \
+        [--search-mesh ... --search-remat ... --search-attention ... --search-accum ... --jobs N]
 
 libtpu describes the target chips (`jax.experimental.topologies`), so a CPU-only machine
 builds the config's mesh over them, takes the abstract state from `step.setup` and an
@@ -13,11 +15,23 @@ The report is per chip (v4 / v5p run one megacore device per chip, v5e / v6e one
            a config too large for HBM fails XLA's compile with RESOURCE_EXHAUSTED, and then
            the figures come from that error's message (source "oom_error").
   cost     XLA's `cost_analysis()` of the SPMD program, which is ONE device's partition:
-           flops and bytes are per chip, `optimal_seconds` is its cost model's step time.
+           flops and bytes are per chip, `optimal_seconds` is its cost model's step time
+           (without it, as on v5e: XLA flops / (peak * 0.5)). It sees nothing inside
+           Pallas (Mosaic) kernels.
+  kernels  every Pallas kernel in the compiled HLO (kosmos.train.hlo_costs) with its
+           executions per step (while-loop trip counts multiply); splash-attention kernels
+           get analytic FLOPs and HBM bytes (kosmos.train.splash_costs), and each adds
+           executions * max(flops / peak, bytes / HBM bandwidth) to the step time and its
+           FLOPs to XLA's. An unknown kernel is listed uncounted and MFU is then an upper
+           bound (`mfu_is_upper_bound`, shown as "<=").
+  collectives  all-gather, reduce-scatter, all-reduce, all-to-all, collective-permute
+           bytes per chip per step (each op's larger of operand and result, times its
+           executions); not part of the step time (XLA's cost model has its own view).
   MFU      analytic model FLOPs of the global batch (kosmos.train.flops) /
            (step seconds * peak FLOP/s per chip * chips).
 A config that does not fit gets suggestions computed from its numbers (remat, fsdp,
-gradient accumulation, chips).
+gradient accumulation, chips). `--search` compiles candidate plans, each in its own
+process, and ranks them (kosmos.train.compile_search).
 
 Topology names: v4-N and v5p-N count TensorCores (chips = N / 2; 3-D torus), v5e-N (also
 v5litepod-N) and v6e-N count chips (2-D, at most 256 per slice); `KxNAME` is K slices

@@ -56,9 +56,12 @@ class Candidate:
 def add_flags(parser) -> None:
   group = parser.add_argument_group("search (--search)")
   group.add_argument("--search", action="store_true",
-                     help="compile every candidate plan below and rank them by predicted MFU")
+                     help="compile every candidate plan (the product of the lists below; an "
+                          "empty list keeps the config's value) and rank them by predicted "
+                          "MFU; exits 1 when none fits")
   group.add_argument("--search-mesh", default=DEFAULTS["mesh"],
-                     help="meshes, e.g. fsdp,data2_fsdp,fsdp_tensor2 (default: %(default)s)")
+                     help="meshes: '_'-joined data|fsdp|tensor, each with a size or none for "
+                          "-1 (fill) (default: %(default)s)")
   group.add_argument("--search-remat", default=DEFAULTS["remat"],
                      help="decoder and vision remat policies (default: %(default)s)")
   group.add_argument("--search-attention", default=DEFAULTS["attention"],
