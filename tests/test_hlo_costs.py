@@ -8,6 +8,7 @@ import pytest
 
 from kosmos.train import compile as compile_lib  # sets the libtpu env before jax loads
 from kosmos.train import hlo_costs
+from kosmos.train import splash_costs
 
 import jax  # pylint: disable=g-bad-import-order,wrong-import-order
 import jax.numpy as jnp
@@ -208,7 +209,8 @@ HLO = """HloModule m, entry_computation_layout={()->f32[8]}
   %ag-start = (f32[2]{0}, f32[8]{0}) all-gather-start(%x), dimensions={0}
   %ag-done = f32[8]{0} all-gather-done(%ag-start)
   %cp = f32[8]{0} collective-permute(%ag-done), source_target_pairs={{0,1},{1,0}}
-  ROOT %t = (s32[], f32[8]{0}) tuple(%i.1, %cp)
+  %k = f32[8]{0} custom-call(%cp), custom_call_target="tpu_custom_call", metadata={op_name="jit(f)/while/body/my_kernel/pallas_call"}
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i.1, %k)
 }
 
 ENTRY %main () -> f32[8] {
@@ -230,3 +232,20 @@ def test_trip_count_from_condition_and_async_collectives_counted_once():
   assert coll["collective-permute"] == {"ops": 1, "executions": 5, "bytes": 5 * 32}
   assert coll["all-reduce"] == {"ops": 1, "executions": 1, "bytes": 32}
   assert analysis["collective_bytes"] == 11 * 32
+  # A Pallas kernel this module cannot cost: listed, with its executions, as not counted.
+  assert [(k["name"], k["executions"], k["counted"]) for k in analysis["kernels"]] == [
+      ("my_kernel", 5, False)]
+
+
+def test_sharded_mask_slice_is_read_as_a_density():
+  """A kernel that gets a 1 x 4 x 4 slice of a 2 x 4 x 4 mask constant (two q shards, say)
+  computes the constant's density of its 16 blocks."""
+  causal = [1 if j <= i else 0 for i in range(4) for j in range(4)]
+  operands = [("s8", (1, 4, 4)), ("s8", (1, 4, 4))] + [("bf16", (2, 512, 128))] * 3
+  meta = {"block_q": 128, "block_kv": 128}
+  kernel = splash_costs.kernel_cost("splash_mha_fwd_no_residuals", operands, [], meta,
+                                    causal + [1] * 16)
+  assert kernel["computed_blocks_per_head"] == (10 + 16) / 32 * 16
+  assert kernel["flops"] == 2 * 13 * 2 * PER_BLOCK
+  dense = splash_costs.kernel_cost("splash_mha_fwd_no_residuals", operands, [], meta, None)
+  assert dense["computed_blocks_per_head"] == 16 and not dense["mask_read"]

@@ -153,7 +153,10 @@ def constant_ints(comp: list[Instr], name: str) -> list[int] | None:
   return None
 
 
-_PASS_THROUGH = ("copy", "copy-start", "copy-done", "bitcast", "reshape", "convert")
+# Ops a block mask passes through on its way to a kernel; a (dynamic-)slice of a sharded
+# mask's constant yields the whole constant, which splash_costs then reads as a density.
+_PASS_THROUGH = ("copy", "copy-start", "copy-done", "bitcast", "reshape", "convert",
+                 "dynamic-slice", "slice")
 
 
 def traced_ints(comps: dict[str, list[Instr]], callers: dict[str, list[tuple[str, Instr]]],
@@ -371,8 +374,8 @@ def _fmt(shape: tuple[str, tuple[int, ...]]) -> str:
 
 
 def module_text(compiled: Any) -> str:
-  """The compiled module's HLO with integer constants printed in full (splash block masks),
-  falling back to `compiled.as_text()`."""
+  """The compiled module's HLO with large constants printed in full (splash block masks),
+  falling back to `compiled.as_text()` (which elides them as `{...}`)."""
   try:
     from jaxlib import _hlo  # pylint: disable=g-import-not-at-top
     options = _hlo.HloPrintOptions()
@@ -383,7 +386,12 @@ def module_text(compiled: Any) -> str:
 
 
 def analyze(compiled: Any) -> dict[str, Any]:
-  return analyze_text(module_text(compiled))
+  """`analyze_text` of a compiled program; re-read with every constant printed only when a
+  kernel's block mask was elided (the full text can be large)."""
+  result = analyze_text(compiled.as_text())
+  if any(k.get("counted") and k.get("mask_read") is False for k in result["kernels"]):
+    result = analyze_text(module_text(compiled))
+  return result
 
 
 def kernel_seconds(analysis: dict[str, Any], peak_flops: float | None,

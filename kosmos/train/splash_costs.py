@@ -66,9 +66,14 @@ def kernel_cost(name: str, operands: Sequence[Shape], results: Sequence[Shape],
     rows, cols = (mask_shape[2], mask_shape[1]) if phase == "dkv" else mask_shape[1:]
     bq, bkv = t // max(rows, 1), s // max(cols, 1)
   dense = (t // bq) * (s // bkv)
-  if mask is not None and len(mask_shape) == 3 and len(mask) == math.prod(mask_shape):
+  grid = math.prod(mask_shape[1:]) if len(mask_shape) == 3 else 0
+  if mask and grid and len(mask) == math.prod(mask_shape):
     blocks = sum(1 for m in mask if m) / mask_shape[0]  # per head
     mask_source = f"block mask: {blocks:g} of {dense} blocks per head computed"
+  elif mask and grid:  # the kernel gets a slice of a sharded mask's constant
+    blocks = sum(1 for m in mask if m) / len(mask) * grid
+    mask_source = (f"block mask (a slice of a {len(mask)}-entry constant; its density): "
+                   f"{blocks:g} of {dense} blocks per head computed")
   else:
     blocks = dense
     mask_source = f"block mask not readable: all {dense} blocks per head counted"
@@ -94,6 +99,7 @@ def kernel_cost(name: str, operands: Sequence[Shape], results: Sequence[Shape],
   return {"kind": f"splash_{phase}{'_fused' if fused else ''}", "counted": True,
           "flops": float(flops), "bytes": float(nbytes), "computed_blocks_per_head": blocks,
           "dense_blocks_per_head": dense, "block": [bq, bkv], "mask": mask_source,
+          "mask_read": bool(mask and grid),
           "batch_x_heads": lead * heads, "seq": [t, s], "head_dim": [kd, kvd], "mqa": mqa}
 
 
