@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import re
 from typing import Any
 
@@ -282,7 +283,6 @@ def _kernel_metadata(instr: Instr) -> dict[str, Any]:
   found = re.search(r'"xprof_metadata":"((?:[^"\\]|\\.)*)"', instr.attrs)
   if not found:
     return {}
-  import json  # pylint: disable=g-import-not-at-top
   try:
     return json.loads(found.group(1).encode().decode("unicode_escape"))
   except ValueError:
