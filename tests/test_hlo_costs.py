@@ -249,3 +249,29 @@ def test_sharded_mask_slice_is_read_as_a_density():
   assert kernel["flops"] == 2 * 13 * 2 * PER_BLOCK
   dense = splash_costs.kernel_cost("splash_mha_fwd_no_residuals", operands, [], meta, None)
   assert dense["computed_blocks_per_head"] == 16 and not dense["mask_read"]
+
+
+def test_report_table_shows_kernels_and_their_time():
+  """program_extras + _step_time + format_table on the splash program's analysis, as
+  compile_report runs them: kernel rows, FLOPs with kernels, the step-time source."""
+  cost, analysis = _analysis("splash")
+  cost = {k: float(cost[k]) for k in ("flops", "optimal_seconds")}
+  report = {"xla_cost_per_chip": dict(cost)}
+  kernels = compile_lib.program_extras(report, analysis, V5P_PEAK, V5P_HBM)
+  step = compile_lib._step_time(  # pylint: disable=protected-access
+      cost, V5P_PEAK, 1e9, 4, True, kernels)
+  assert report["xla_cost_per_chip"]["flops_with_kernels"] == cost["flops"] + kernels["flops"]
+  assert step["xla_step_seconds"] == cost["optimal_seconds"] < step["step_seconds"]
+  report.update(step, config="splash", overrides=[], suggestions=[], fits=True,
+                topology=dict(name="v5p-8", topology_name="v5p:2x2x1", num_slices=1, chips=4,
+                              device_kind="TPU v5", hbm_bytes=95 * 2 ** 30),
+                mesh=dict(data=2, fsdp=1, tensor=2),
+                batch=dict(global_batch_size=4, seq_len=T, rows_per_chip=1, accum_steps=1),
+                params=dict(total=0, trainable=0), analytic_flops=dict(total=1e9, per_chip=2.5e8),
+                compile_seconds=dict(lower=0, compile=0),
+                memory_per_chip=dict(total=1, hbm=95 * 2 ** 30, source="memory_analysis"))
+  table = compile_lib.format_table(report)
+  rows = [l for l in table.splitlines() if l.startswith("kernel ")]
+  assert len(rows) == 3 and all("x1:" in r and "10 of 16 blocks" in r for r in rows)
+  assert "+ Pallas kernels 1.51e+09" in table and "Pallas kernels: sum of executions" in table
+  assert "collectives per chip" in table and "<=" not in table
