@@ -12,6 +12,7 @@ import train_fixture
 from kosmos import defaults
 from kosmos.model import summary
 from kosmos.train import compile as compile_lib
+from kosmos.train import compile_memory
 from kosmos.train import flops as flops_lib
 
 GIB = 1024 ** 3
@@ -160,19 +161,19 @@ def _report(total, argument, temporary, *, mesh=(1, 4, 1), chips=4, hbm=16 * GIB
 
 
 def test_suggestions_when_temporaries_dominate():
-  out = compile_lib.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB))
+  out = compile_memory.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB))
   assert any("remat=full" in s for s in out)
   # 4 + 36/4 = 13 GiB <= 0.9 * 16: accumulating over 4 micro-batches is the first that fits.
   assert any("--config.optim.accum_steps=4" in s for s in out)
   # 40 / 14.4 = 2.8 -> 4x the chips.
   assert any("more chips: about 16" in s for s in out)
-  done = compile_lib.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB,
+  done = compile_memory.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB,
                                          remat="full"))
   assert not any("remat" in s for s in done)
 
 
 def test_suggestions_when_arguments_dominate():
-  out = compile_lib.suggestions(_report(total=30 * GIB, argument=24 * GIB, temporary=6 * GIB,
+  out = compile_memory.suggestions(_report(total=30 * GIB, argument=24 * GIB, temporary=6 * GIB,
                                         mesh=(4, 1, 1)))
   assert any("--config.mesh.data=1 --config.mesh.fsdp=-1" in s for s in out)
   assert any("more chips: about 12" in s or "more chips: about 16" in s for s in out)
@@ -183,13 +184,13 @@ def test_oom_message_parsing():
   """The message XLA:TPU gave for the test below (v5e, 16 GiB chips; G = GiB)."""
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
              "temporaries (16.17G) exceeds available HBM (15.75G).")
-  mem = compile_lib._oom_memory(message, arguments=3 * 1024 ** 2)  # pylint: disable=protected-access
+  mem = compile_memory.oom_memory(message, arguments=3 * 1024 ** 2)
   assert mem["temporary"] == int(16.17 * GIB) and mem["xla_usable_hbm"] == int(15.75 * GIB)
   assert mem["total"] == 3 * 1024 ** 2 + int(16.17 * GIB) and mem["total_is_lower_bound"]
-  used = compile_lib._oom_memory(  # pylint: disable=protected-access
+  used = compile_memory.oom_memory(
       "Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm.", arguments=GIB)
   assert used["total"] == int(20.5 * GIB) and used["xla_usable_hbm"] == int(15.75 * GIB)
-  assert compile_lib._oom_memory("INTERNAL: something else", 0) is None  # pylint: disable=protected-access
+  assert compile_memory.oom_memory("INTERNAL: something else", 0) is None
 
 
 def test_too_large_config_is_reported_not_fitting():

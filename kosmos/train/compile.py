@@ -70,6 +70,7 @@ import ml_collections
 import numpy as np
 
 from kosmos import configs, sharding
+from kosmos.train import compile_memory as memory_lib
 from kosmos.train import compile_search
 from kosmos.train import flops as flops_lib
 from kosmos.train import hlo_costs
@@ -203,57 +204,6 @@ def _count(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-_SIZE = r"([\d.]+)([KMGT]?)"
-_OOM_TEMPS = re.compile(rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
-_OOM_USED = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
-_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}  # XLA's G is GiB
-
-
-def _oom_memory(message: str, arguments: int) -> dict[str, Any] | None:
-  """Memory figures from XLA:TPU's out-of-HBM compile error, or None for another error.
-
-  The message gives the temporaries (or the whole use) and XLA's usable HBM; the argument
-  bytes are computed from the shardings, so `total` is a lower bound (no code, no outputs).
-  """
-  size = lambda value, unit: int(float(value) * _UNITS[unit])
-  lines = [line for line in message.splitlines() if "memory" in line.lower()] or [message]
-  out = {"source": "oom_error", "argument": arguments, "total_is_lower_bound": True,
-         "message": lines[0].strip()[:400]}
-  if found := _OOM_TEMPS.search(message):
-    temporary = size(*found.group(1, 2))
-    out.update(temporary=temporary, total=arguments + temporary,
-               xla_usable_hbm=size(*found.group(3, 4)))
-    return out
-  if found := _OOM_USED.search(message):
-    out.update(total=max(size(*found.group(1, 2)), arguments),
-               xla_usable_hbm=size(*found.group(3, 4)))
-    return out
-  return None
-
-
-def argument_bytes(tree: Any) -> int:
-  """Bytes per device of ShapeDtypeStructs with NamedShardings (the largest shard)."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
-  return total
-
-
-def _memory(stats: Any) -> dict[str, Any]:
-  parts = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-           "alias": stats.alias_size_in_bytes, "temporary": stats.temp_size_in_bytes,
-           "generated_code": stats.generated_code_size_in_bytes}
-  parts = {k: int(v) for k, v in parts.items()}
-  total = (parts["argument"] + parts["output"] - parts["alias"] + parts["temporary"]
-           + parts["generated_code"])
-  out = dict(parts, source="memory_analysis", total=total)
-  peak = getattr(stats, "peak_memory_in_bytes", None)
-  if peak:
-    out["xla_peak"] = int(peak)
-  return out
-
-
 def _cost(compiled: Any) -> dict[str, float]:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
@@ -261,47 +211,6 @@ def _cost(compiled: Any) -> dict[str, float]:
   keep = ("flops", "bytes accessed", "transcendentals", "optimal_seconds")
   return {k.replace(" ", "_"): float(analysis[k]) for k in keep if k in (analysis or {})}
 
-
-def suggestions(report: dict[str, Any]) -> list[str]:
-  """What would make a config fit, computed from the report's memory figures."""
-  mem, hbm = report["memory_per_chip"], report["topology"]["hbm_bytes"]
-  mesh, chips = report["mesh"], report["topology"]["chips"]
-  budget = 0.9 * hbm  # leave room for XLA's reserved HBM and fragmentation
-  total = mem["total"]
-  args = mem.get("argument") or 0
-  temp = mem.get("temporary")
-  if temp is None:  # from an OOM message: the program part holds temporaries and code
-    temp = max(total - args, 0)
-  out = []
-  dec_remat, vis_remat = report["remat"]["decoder"], report["remat"]["vision"]
-  if temp >= args:
-    if dec_remat != "full" or vis_remat != "full":
-      out.append("temporary bytes dominate: rematerialise activations "
-                 "(--config.model.decoder.remat=full --config.model.vision.remat=full)")
-    rows = report["batch"]["global_batch_size"]
-    shards = mesh["data"] * mesh["fsdp"]
-    for accum in (2, 4, 8, 16, 32, 64):
-      if rows % (accum * shards) == 0 and args + temp / accum <= budget:
-        out.append(f"temporary bytes dominate: accumulate gradients over {accum} micro-batches "
-                   f"(--config.optim.accum_steps={accum}; same global batch, about "
-                   f"{_gib(args + temp / accum)} per chip if temporaries scale with rows)")
-        break
-  else:
-    if mesh["data"] > 1 or mesh["tensor"] > 1:
-      out.append(f"arguments (parameters + optimizer state) dominate: shard them over every "
-                 f"chip (--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=1; "
-                 f"now data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']})")
-  need = total / budget
-  if need > 1:
-    more = 2 ** math.ceil(math.log2(need)) * chips
-    out.append(f"more chips: about {more} ({report['topology']['generation']}, total "
-               f"{_gib(total)} vs {_gib(budget)} usable per chip, assuming bytes per chip "
-               f"fall as 1/chips at the same global batch)")
-  return out
-
-
-def _gib(n: float) -> str:
-  return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
 
 
 def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) -> dict[str, Any]:
@@ -359,12 +268,13 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
 
   hlo = None
   if compiled is not None:
-    memory = _memory(compiled.memory_analysis())
-    memory["argument_from_shardings"] = argument_bytes((run.abstract_state, batch))
+    memory = memory_lib.memory_figures(compiled.memory_analysis())
+    memory["argument_from_shardings"] = memory_lib.argument_bytes((run.abstract_state, batch))
     cost = _cost(compiled)
     hlo = hlo_costs.analyze(compiled)
   else:
-    memory = _oom_memory(str(error), argument_bytes((run.abstract_state, batch)))
+    memory = memory_lib.oom_memory(str(error),
+                                   memory_lib.argument_bytes((run.abstract_state, batch)))
     if memory is None:
       raise error
     cost = {}
@@ -379,7 +289,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   kernels = program_extras(report, hlo, peak, topo.hbm_bandwidth)
   report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None,
                            kernels))
-  report["suggestions"] = [] if report["fits"] else suggestions(report)
+  report["suggestions"] = [] if report["fits"] else memory_lib.suggestions(report)
   return report
 
 
@@ -443,11 +353,12 @@ def format_table(report: dict[str, Any]) -> str:
   """A readable summary of a report."""
   topo, mem, mesh = report["topology"], report["memory_per_chip"], report["mesh"]
   cost = report["xla_cost_per_chip"]
-  g = lambda n: "-" if n is None else _gib(n)
+  gib = memory_lib.gib
+  g = lambda n: "-" if n is None else gib(n)
   rows = [
       ("config", f"{report['config']} {' '.join(report['overrides'])}".strip()),
       ("topology", f"{topo['name']} = {topo['topology_name']} x{topo['num_slices']} slice(s), "
-                   f"{topo['chips']} chips ({topo['device_kind']}, {_gib(topo['hbm_bytes'])} HBM)"),
+                   f"{topo['chips']} chips ({topo['device_kind']}, {gib(topo['hbm_bytes'])} HBM)"),
       ("mesh", f"data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']}"),
       ("batch", f"{report['batch']['global_batch_size']} x {report['batch']['seq_len']} tokens, "
                 f"{report['batch']['rows_per_chip']:g} rows per chip, "
@@ -468,13 +379,13 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(("XLA FLOPs per chip", f"{cost['flops']:.4g}{extra}"))
   for k in (kernels or {}).get("per_kernel", []):
     rows.append(("kernel", f"{k['name']} x{k['executions']}: " + (
-        f"{k['flops']:.4g} FLOPs, {_gib(k['bytes'])}, {k['seconds'] * 1e3:.3g} ms each "
+        f"{k['flops']:.4g} FLOPs, {gib(k['bytes'])}, {k['seconds'] * 1e3:.3g} ms each "
         f"({k['bound']}-bound; {k['mask']})" if k.get("counted") else
         "NOT COUNTED (unknown kernel: MFU is an upper bound)")))
   if coll is not None:
-    parts = [f"{kind} {_gib(v['bytes'])} ({v['executions']}x)" for kind, v in coll.items()
+    parts = [f"{kind} {gib(v['bytes'])} ({v['executions']}x)" for kind, v in coll.items()
              if isinstance(v, dict)]
-    rows.append(("collectives per chip", f"{_gib(coll['total_bytes'])} per step"
+    rows.append(("collectives per chip", f"{gib(coll['total_bytes'])} per step"
                  + (f": {', '.join(parts)}" if parts else "")))
   rows.append(("analytic FLOPs", f"{report['analytic_flops']['total']:.4g} per step, "
                                  f"{report['analytic_flops']['per_chip']:.4g} per chip"))

@@ -106,7 +106,7 @@ def candidates(args) -> list[Candidate]:
       elif dim == "accum":
         overrides.append(f"--config.optim.accum_steps={value}")
       else:
-        overrides += [f"--config.model.decoder.{dim}={value}", f"--config.model.vision.{dim}={value}"]
+        overrides += [f"--config.model.{part}.{dim}={value}" for part in ("decoder", "vision")]
     out.append(Candidate(choice, overrides, "skipped" if reason else "pending", reason))
   return out
 
@@ -141,7 +141,7 @@ def _run(pending: list[Candidate], config_spec: str, topology: str, base: Sequen
     while queue and len(running) < max(jobs, 1):
       i, cand = queue.pop(0)
       out = os.path.join(workdir, f"candidate{i}.json")
-      log = open(os.path.join(workdir, f"candidate{i}.log"), "w+")  # pylint: disable=consider-using-with
+      log = open(os.path.join(workdir, f"candidate{i}.log"), "w+")  # pylint: disable=R1732
       cmd = [sys.executable, "-m", "kosmos.train.compile", "--config", config_spec,
              "--topology", topology, "--out", out, *base, *cand.overrides]
       running.append((cand, out, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
@@ -167,6 +167,11 @@ def _run(pending: list[Candidate], config_spec: str, topology: str, base: Sequen
         errors = [l for l in lines if re.match(r"^\w*(Error|Exception)\b|^\w+: ", l)]
         cand.status = "failed"
         cand.reason = ((errors or lines or [f"exit code {proc.returncode}"])[-1]).strip()[:300]
+      mfu = (cand.report or {}).get("mfu")
+      done = len(pending) - len(queue) - len(running)
+      print(f"[{done}/{len(pending)}] {cand.label}: {cand.status}"
+            + (f", predicted MFU {mfu:.1%}" if mfu is not None else "")
+            + (f" ({cand.reason})" if cand.reason else ""), flush=True)
 
 
 def _key(cand: Candidate) -> tuple:

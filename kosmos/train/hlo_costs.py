@@ -311,7 +311,8 @@ def analyze_text(text: str) -> dict[str, Any]:
         if role in ("body", "calls"):
           callers[callee].append((comp_name, instr))
   kernels: dict[tuple, dict[str, Any]] = {}
-  coll: dict[str, dict[str, float]] = {k: {"ops": 0, "executions": 0, "bytes": 0} for k in COLLECTIVES}
+  coll: dict[str, dict[str, float]] = {k: {"ops": 0, "executions": 0, "bytes": 0}
+                                       for k in COLLECTIVES}
   for comp_name, comp in comps.items():
     n = runs.get(comp_name, 0)
     if n == 0:
