@@ -12,6 +12,7 @@ import train_fixture
 from kosmos import defaults
 from kosmos.model import summary
 from kosmos.train import compile as compile_lib
+from kosmos.train import compile_memory
 from kosmos.train import flops as flops_lib
 
 GIB = 1024 ** 3
@@ -133,6 +134,21 @@ def test_report_flops_and_mfu(tiny_report):
   assert r["host"]["libtpu"] and r["host"]["date"]
 
 
+def test_report_kernels_and_collectives(tiny_report):
+  """No Pallas kernel in the tiny config (XLA attention), so nothing is added to XLA's step
+  time; data-parallel gradients are all-reduced in float32: at least 4 bytes per parameter."""
+  r = tiny_report
+  assert r["kernels"]["per_kernel"] == [] and r["kernels"]["seconds"] == 0
+  assert r["kernels"]["hbm_bandwidth"] == 2.765e12 and not r["mfu_is_upper_bound"]
+  assert r["xla_cost_per_chip"]["flops_with_kernels"] == r["xla_cost_per_chip"]["flops"]
+  assert r["xla_step_seconds"] == r["step_seconds"]
+  coll = r["collectives_per_chip"]
+  trainable = r["params"]["trainable"]
+  assert 4 * trainable <= coll["all-reduce"]["bytes"] < 6 * trainable
+  assert coll["total_bytes"] == sum(v["bytes"] for v in coll.values() if isinstance(v, dict))
+  assert "all-gather" not in coll  # nothing is sharded over fsdp here
+
+
 def _report(total, argument, temporary, *, mesh=(1, 4, 1), chips=4, hbm=16 * GIB, remat="none",
             batch=64):
   return {
@@ -145,19 +161,19 @@ def _report(total, argument, temporary, *, mesh=(1, 4, 1), chips=4, hbm=16 * GIB
 
 
 def test_suggestions_when_temporaries_dominate():
-  out = compile_lib.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB))
+  out = compile_memory.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB))
   assert any("remat=full" in s for s in out)
   # 4 + 36/4 = 13 GiB <= 0.9 * 16: accumulating over 4 micro-batches is the first that fits.
   assert any("--config.optim.accum_steps=4" in s for s in out)
   # 40 / 14.4 = 2.8 -> 4x the chips.
   assert any("more chips: about 16" in s for s in out)
-  done = compile_lib.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB,
+  done = compile_memory.suggestions(_report(total=40 * GIB, argument=4 * GIB, temporary=36 * GIB,
                                          remat="full"))
   assert not any("remat" in s for s in done)
 
 
 def test_suggestions_when_arguments_dominate():
-  out = compile_lib.suggestions(_report(total=30 * GIB, argument=24 * GIB, temporary=6 * GIB,
+  out = compile_memory.suggestions(_report(total=30 * GIB, argument=24 * GIB, temporary=6 * GIB,
                                         mesh=(4, 1, 1)))
   assert any("--config.mesh.data=1 --config.mesh.fsdp=-1" in s for s in out)
   assert any("more chips: about 12" in s or "more chips: about 16" in s for s in out)
@@ -168,13 +184,13 @@ def test_oom_message_parsing():
   """The message XLA:TPU gave for the test below (v5e, 16 GiB chips; G = GiB)."""
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
              "temporaries (16.17G) exceeds available HBM (15.75G).")
-  mem = compile_lib._oom_memory(message, arguments=3 * 1024 ** 2)  # pylint: disable=protected-access
+  mem = compile_memory.oom_memory(message, arguments=3 * 1024 ** 2)
   assert mem["temporary"] == int(16.17 * GIB) and mem["xla_usable_hbm"] == int(15.75 * GIB)
   assert mem["total"] == 3 * 1024 ** 2 + int(16.17 * GIB) and mem["total_is_lower_bound"]
-  used = compile_lib._oom_memory(  # pylint: disable=protected-access
+  used = compile_memory.oom_memory(
       "Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm.", arguments=GIB)
   assert used["total"] == int(20.5 * GIB) and used["xla_usable_hbm"] == int(15.75 * GIB)
-  assert compile_lib._oom_memory("INTERNAL: something else", 0) is None  # pylint: disable=protected-access
+  assert compile_memory.oom_memory("INTERNAL: something else", 0) is None
 
 
 def test_too_large_config_is_reported_not_fitting():
@@ -216,3 +232,45 @@ def test_trainable_vision_layers_counts_from_first_trained_block():
   assert flops_lib.trainable_vision_layers({"decoder": {"embed": leaf}}, depth=24) == 0
   everything = {"vision": {"blocks": {i: {"k": leaf} for i in (0, 5, 23)}}}
   assert flops_lib.trainable_vision_layers(everything, depth=24) == 24
+
+
+def test_search_ranks_candidates_and_writes_the_winner(tmp_path, capsys):
+  """2 meshes x 2 remat policies x 2 accum values on v5p-8: the 4 with accum 3 (16 rows do
+  not split in 3) are skipped and the 2 with an unknown policy fail, without compiling;
+  the 2 that compile are ranked by MFU and the best one's overrides are written."""
+  out = tmp_path / "search.json"
+  code = compile_lib.main([
+      "--config", f"{TINY_CONFIG}:/nonexistent", "--topology", "v5p-8",
+      "--config.data.global_batch_size=16", "--search", "--search-mesh", "fsdp,data2_fsdp",
+      "--search-remat", "full,bogus", "--search-attention=", "--search-accum", "1,3",
+      "--jobs", "2", "--out", str(out)])
+  assert code == 0
+  result = json.loads(out.read_text())
+  rows = result["candidates"]
+  assert [r["status"] for r in rows] == ["fits"] * 2 + ["failed"] * 2 + ["skipped"] * 4
+  fits = rows[:2]
+  assert fits[0]["mfu"] >= fits[1]["mfu"] > 0
+  assert {r["choice"]["mesh"] for r in fits} == {"fsdp", "data2_fsdp"}
+  assert all(r["choice"] == {"mesh": r["choice"]["mesh"], "remat": "full", "accum": "1"}
+             for r in fits)
+  assert all("bogus" in r["reason"] for r in rows[2:4])
+  assert all("16" in r["reason"] and "3 micro-batches" in r["reason"] for r in rows[4:])
+  winner = result["winner"]
+  assert winner["overrides"] == fits[0]["overrides"]
+  assert winner["report"]["mfu"] == fits[0]["mfu"] and winner["report"]["fits"]
+  mesh = {"fsdp": (1, 4, 1), "data2_fsdp": (2, 2, 1)}[winner["choice"]["mesh"]]
+  assert winner["report"]["mesh"] == dict(zip(("data", "fsdp", "tensor"), mesh))
+  assert "--config.model.decoder.remat=full" in winner["overrides"]
+  assert "--config.optim.accum_steps=1" in winner["overrides"]
+  # The printed table lists the fitting candidates in the same order, ranked 1 and 2.
+  table = [l for l in capsys.readouterr().out.splitlines() if l[:2] in ("1 ", "2 ")]
+  assert [l.split()[1] for l in table] == [r["choice"]["mesh"] for r in fits]
+
+
+def test_search_mesh_names():
+  assert compile_lib.compile_search.mesh_overrides("fsdp_tensor2") == [
+      "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.mesh.tensor=2"]
+  assert compile_lib.compile_search.mesh_overrides("data2_fsdp") == [
+      "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.mesh.tensor=1"]
+  with pytest.raises(ValueError, match="pipeline2"):
+    compile_lib.compile_search.mesh_overrides("pipeline2")

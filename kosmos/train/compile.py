@@ -2,6 +2,8 @@
 
     kosmos-compile --config configs/kosmos1.py --topology v5p-256 --out /tmp/k1.json \
         [--config.mesh.fsdp=-1 --config.data.global_batch_size=1024 ...]
+    kosmos-compile --config configs/kosmos1.py --topology v5p-256 --search --out /tmp/best.json \
+        [--search-mesh ... --search-remat ... --search-attention ... --search-accum ... --jobs N]
 
 libtpu describes the target chips (`jax.experimental.topologies`), so a CPU-only machine
 builds the config's mesh over them, takes the abstract state from `step.setup` and an
@@ -13,11 +15,23 @@ The report is per chip (v4 / v5p run one megacore device per chip, v5e / v6e one
            a config too large for HBM fails XLA's compile with RESOURCE_EXHAUSTED, and then
            the figures come from that error's message (source "oom_error").
   cost     XLA's `cost_analysis()` of the SPMD program, which is ONE device's partition:
-           flops and bytes are per chip, `optimal_seconds` is its cost model's step time.
+           flops and bytes are per chip, `optimal_seconds` is its cost model's step time
+           (without it, as on v5e: XLA flops / (peak * 0.5)). It sees nothing inside
+           Pallas (Mosaic) kernels.
+  kernels  every Pallas kernel in the compiled HLO (kosmos.train.hlo_costs) with its
+           executions per step (while-loop trip counts multiply); splash-attention kernels
+           get analytic FLOPs and HBM bytes (kosmos.train.splash_costs), and each adds
+           executions * max(flops / peak, bytes / HBM bandwidth) to the step time and its
+           FLOPs to XLA's. An unknown kernel is listed uncounted and MFU is then an upper
+           bound (`mfu_is_upper_bound`, shown as "<=").
+  collectives  all-gather, reduce-scatter, all-reduce, all-to-all, collective-permute
+           bytes per chip per step (each op's larger of operand and result, times its
+           executions); not part of the step time (XLA's cost model has its own view).
   MFU      analytic model FLOPs of the global batch (kosmos.train.flops) /
            (step seconds * peak FLOP/s per chip * chips).
 A config that does not fit gets suggestions computed from its numbers (remat, fsdp,
-gradient accumulation, chips).
+gradient accumulation, chips). `--search` compiles candidate plans, each in its own
+process, and ranks them (kosmos.train.compile_search).
 
 Topology names: v4-N and v5p-N count TensorCores (chips = N / 2; 3-D torus), v5e-N (also
 v5litepod-N) and v6e-N count chips (2-D, at most 256 per slice); `KxNAME` is K slices
@@ -56,7 +70,10 @@ import ml_collections
 import numpy as np
 
 from kosmos import configs, sharding
+from kosmos.train import compile_memory as memory_lib
+from kosmos.train import compile_search
 from kosmos.train import flops as flops_lib
+from kosmos.train import hlo_costs
 from kosmos.train import step as step_lib
 
 GIB = 1024 ** 3
@@ -70,15 +87,18 @@ class Generation:
   cores_per_chip: int  # what the name's number counts per chip (2: TensorCores, 1: chips)
   chip_config: str  # "megacore" (one device per chip of two cores) or "default"
   hbm_bytes: int
+  hbm_bandwidth: float  # bytes/s per chip
   min_chips: int
   max_chips: int  # per slice
 
 
+# HBM bandwidth per chip: Cloud TPU system-architecture pages (v4 1,200 GB/s, v5e 819 GB/s,
+# v5p 2,765 GB/s, v6e 1,640 GB/s).
 GENERATIONS = {
-    "v4": Generation("v4", 3, 2, "megacore", 32 * GIB, 4, 4096),
-    "v5p": Generation("v5p", 3, 2, "megacore", 95 * GIB, 4, 8192),
-    "v5e": Generation("v5e", 2, 1, "default", 16 * GIB, 1, 256),
-    "v6e": Generation("v6e", 2, 1, "default", 32 * GIB, 1, 256),
+    "v4": Generation("v4", 3, 2, "megacore", 32 * GIB, 1.2e12, 4, 4096),
+    "v5p": Generation("v5p", 3, 2, "megacore", 95 * GIB, 2.765e12, 4, 8192),
+    "v5e": Generation("v5e", 2, 1, "default", 16 * GIB, 8.19e11, 1, 256),
+    "v6e": Generation("v6e", 2, 1, "default", 32 * GIB, 1.64e12, 1, 256),
 }
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
 
@@ -96,6 +116,7 @@ class Topology:
   num_slices: int
   chips_per_slice: int
   hbm_bytes: int
+  hbm_bandwidth: float
 
   @property
   def chips(self) -> int:
@@ -152,7 +173,8 @@ def parse_topology(name: str) -> Topology:
   return Topology(name=name, generation=gen_name,
                   topology_name=f"{gen.prefix}:{'x'.join(map(str, shape))}",
                   chip_config=gen.chip_config, chips_per_host_bounds=host, num_slices=slices,
-                  chips_per_slice=chips, hbm_bytes=gen.hbm_bytes)
+                  chips_per_slice=chips, hbm_bytes=gen.hbm_bytes,
+                  hbm_bandwidth=gen.hbm_bandwidth)
 
 
 def topology_devices(topology: Topology) -> list[Any]:
@@ -182,57 +204,6 @@ def _count(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-_SIZE = r"([\d.]+)([KMGT]?)"
-_OOM_TEMPS = re.compile(rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
-_OOM_USED = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
-_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}  # XLA's G is GiB
-
-
-def _oom_memory(message: str, arguments: int) -> dict[str, Any] | None:
-  """Memory figures from XLA:TPU's out-of-HBM compile error, or None for another error.
-
-  The message gives the temporaries (or the whole use) and XLA's usable HBM; the argument
-  bytes are computed from the shardings, so `total` is a lower bound (no code, no outputs).
-  """
-  size = lambda value, unit: int(float(value) * _UNITS[unit])
-  lines = [line for line in message.splitlines() if "memory" in line.lower()] or [message]
-  out = {"source": "oom_error", "argument": arguments, "total_is_lower_bound": True,
-         "message": lines[0].strip()[:400]}
-  if found := _OOM_TEMPS.search(message):
-    temporary = size(*found.group(1, 2))
-    out.update(temporary=temporary, total=arguments + temporary,
-               xla_usable_hbm=size(*found.group(3, 4)))
-    return out
-  if found := _OOM_USED.search(message):
-    out.update(total=max(size(*found.group(1, 2)), arguments),
-               xla_usable_hbm=size(*found.group(3, 4)))
-    return out
-  return None
-
-
-def argument_bytes(tree: Any) -> int:
-  """Bytes per device of ShapeDtypeStructs with NamedShardings (the largest shard)."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shard = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
-  return total
-
-
-def _memory(stats: Any) -> dict[str, Any]:
-  parts = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-           "alias": stats.alias_size_in_bytes, "temporary": stats.temp_size_in_bytes,
-           "generated_code": stats.generated_code_size_in_bytes}
-  parts = {k: int(v) for k, v in parts.items()}
-  total = (parts["argument"] + parts["output"] - parts["alias"] + parts["temporary"]
-           + parts["generated_code"])
-  out = dict(parts, source="memory_analysis", total=total)
-  peak = getattr(stats, "peak_memory_in_bytes", None)
-  if peak:
-    out["xla_peak"] = int(peak)
-  return out
-
-
 def _cost(compiled: Any) -> dict[str, float]:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
@@ -240,47 +211,6 @@ def _cost(compiled: Any) -> dict[str, float]:
   keep = ("flops", "bytes accessed", "transcendentals", "optimal_seconds")
   return {k.replace(" ", "_"): float(analysis[k]) for k in keep if k in (analysis or {})}
 
-
-def suggestions(report: dict[str, Any]) -> list[str]:
-  """What would make a config fit, computed from the report's memory figures."""
-  mem, hbm = report["memory_per_chip"], report["topology"]["hbm_bytes"]
-  mesh, chips = report["mesh"], report["topology"]["chips"]
-  budget = 0.9 * hbm  # leave room for XLA's reserved HBM and fragmentation
-  total = mem["total"]
-  args = mem.get("argument") or 0
-  temp = mem.get("temporary")
-  if temp is None:  # from an OOM message: the program part holds temporaries and code
-    temp = max(total - args, 0)
-  out = []
-  dec_remat, vis_remat = report["remat"]["decoder"], report["remat"]["vision"]
-  if temp >= args:
-    if dec_remat != "full" or vis_remat != "full":
-      out.append("temporary bytes dominate: rematerialise activations "
-                 "(--config.model.decoder.remat=full --config.model.vision.remat=full)")
-    rows = report["batch"]["global_batch_size"]
-    shards = mesh["data"] * mesh["fsdp"]
-    for accum in (2, 4, 8, 16, 32, 64):
-      if rows % (accum * shards) == 0 and args + temp / accum <= budget:
-        out.append(f"temporary bytes dominate: accumulate gradients over {accum} micro-batches "
-                   f"(--config.optim.accum_steps={accum}; same global batch, about "
-                   f"{_gib(args + temp / accum)} per chip if temporaries scale with rows)")
-        break
-  else:
-    if mesh["data"] > 1 or mesh["tensor"] > 1:
-      out.append(f"arguments (parameters + optimizer state) dominate: shard them over every "
-                 f"chip (--config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.tensor=1; "
-                 f"now data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']})")
-  need = total / budget
-  if need > 1:
-    more = 2 ** math.ceil(math.log2(need)) * chips
-    out.append(f"more chips: about {more} ({report['topology']['generation']}, total "
-               f"{_gib(total)} vs {_gib(budget)} usable per chip, assuming bytes per chip "
-               f"fall as 1/chips at the same global batch)")
-  return out
-
-
-def _gib(n: float) -> str:
-  return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
 
 
 def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) -> dict[str, Any]:
@@ -337,12 +267,15 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   report["compile_seconds"] = {"lower": round(lowered_at - start, 2),
                                "compile": round(done - lowered_at, 2)}
 
+  hlo = None
   if compiled is not None:
-    memory = _memory(compiled.memory_analysis())
-    memory["argument_from_shardings"] = argument_bytes((run.abstract_state, batch))
+    memory = memory_lib.memory_figures(compiled.memory_analysis())
+    memory["argument_from_shardings"] = memory_lib.argument_bytes((run.abstract_state, batch))
     cost = _cost(compiled)
+    hlo = hlo_costs.analyze(compiled)
   else:
-    memory = _oom_memory(str(error), argument_bytes((run.abstract_state, batch)))
+    memory = memory_lib.oom_memory(str(error),
+                                   memory_lib.argument_bytes((run.abstract_state, batch)))
     if memory is None:
       raise error
     cost = {}
@@ -352,14 +285,38 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str) 
   report["memory_per_chip"] = memory
   report["fits"] = memory["fits"]
   report["xla_cost_per_chip"] = dict(cost, scope=(
-      "per chip: cost_analysis of the SPMD-partitioned program (one device's partition)"))
-  report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None))
-  report["suggestions"] = [] if report["fits"] else suggestions(report)
+      "per chip: cost_analysis of the SPMD-partitioned program (one device's partition); "
+      "sees nothing inside Pallas kernels (see `kernels`)"))
+  kernels = program_extras(report, hlo, peak, topo.hbm_bandwidth)
+  report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None,
+                           kernels))
+  report["suggestions"] = [] if report["fits"] else memory_lib.suggestions(report)
   return report
 
 
+def program_extras(report: dict[str, Any], hlo: dict[str, Any] | None, peak: float | None,
+                   hbm_bandwidth: float) -> dict[str, Any] | None:
+  """Adds `kernels` (Pallas kernels XLA's cost analysis does not see, with their roofline
+  seconds) and `collectives_per_chip` to `report`; returns the kernels' totals."""
+  if hlo is None:
+    report["kernels"] = report["collectives_per_chip"] = None
+    return None
+  totals = hlo_costs.kernel_seconds(hlo, peak, hbm_bandwidth)
+  totals["unknown_trip_counts"] = hlo["unknown_trip_counts"]
+  report["kernels"] = dict(totals, per_kernel=hlo["kernels"], hbm_bandwidth=hbm_bandwidth, scope=(
+                               "per chip per step: executions x max(flops / peak, bytes / "
+                               "HBM bandwidth) per kernel"))
+  report["collectives_per_chip"] = dict(hlo["collectives"], total_bytes=hlo["collective_bytes"],
+                                        scope="bytes per chip per step: max(operand, result) "
+                                              "bytes of each op x executions")
+  cost = report["xla_cost_per_chip"]
+  if "flops" in cost:
+    cost["flops_with_kernels"] = cost["flops"] + totals["flops"]
+  return totals
+
+
 def _step_time(cost: dict[str, float], peak: float | None, model_flops: float, chips: int,
-               compiled: bool) -> dict[str, Any]:
+               compiled: bool, kernels: dict[str, Any] | None = None) -> dict[str, Any]:
   if not compiled:
     return {"step_seconds": None, "step_seconds_source": None, "mfu": None,
             "mfu_reason": "the program does not fit in HBM, so XLA gives no cost analysis"}
@@ -372,12 +329,24 @@ def _step_time(cost: dict[str, float], peak: float | None, model_flops: float, c
   else:
     return {"step_seconds": None, "step_seconds_source": None, "mfu": None,
             "mfu_reason": "no step-time estimate (XLA reported neither optimal_seconds nor flops)"}
-  out = {"step_seconds": seconds, "step_seconds_source": source}
+  out = {"xla_step_seconds": seconds}
+  kernels = kernels or {"seconds": 0.0, "uncounted": [], "flops": 0.0}
+  if kernels["seconds"] > 0:
+    seconds += kernels["seconds"]
+    source += " + Pallas kernels: sum of executions x max(flops / peak, bytes / HBM bandwidth)"
+  out.update(step_seconds=seconds, step_seconds_source=source)
   mfu = model_flops / (seconds * peak * chips) if peak else None
   out["mfu"] = mfu
   out["mfu_reason"] = None if mfu is not None else "unknown peak FLOP/s for this device kind"
+  out["mfu_is_upper_bound"] = bool(kernels["uncounted"] or kernels.get("unknown_trip_counts"))
+  if out["mfu_is_upper_bound"]:
+    out["mfu_reason"] = "upper bound: " + "; ".join(filter(None, (
+        kernels["uncounted"] and "kernels whose work is not counted: "
+        + ", ".join(sorted(set(kernels["uncounted"]))),
+        kernels.get("unknown_trip_counts") and "while loops of unknown trip count (counted "
+        "once): " + ", ".join(kernels["unknown_trip_counts"]))))
   if peak and cost.get("flops"):
-    out["xla_flops_seconds_at_peak"] = cost["flops"] / peak
+    out["xla_flops_seconds_at_peak"] = (cost["flops"] + kernels["flops"]) / peak
   return out
 
 
@@ -385,11 +354,12 @@ def format_table(report: dict[str, Any]) -> str:
   """A readable summary of a report."""
   topo, mem, mesh = report["topology"], report["memory_per_chip"], report["mesh"]
   cost = report["xla_cost_per_chip"]
-  g = lambda n: "-" if n is None else _gib(n)
+  gib = memory_lib.gib
+  g = lambda n: "-" if n is None else gib(n)
   rows = [
       ("config", f"{report['config']} {' '.join(report['overrides'])}".strip()),
       ("topology", f"{topo['name']} = {topo['topology_name']} x{topo['num_slices']} slice(s), "
-                   f"{topo['chips']} chips ({topo['device_kind']}, {_gib(topo['hbm_bytes'])} HBM)"),
+                   f"{topo['chips']} chips ({topo['device_kind']}, {gib(topo['hbm_bytes'])} HBM)"),
       ("mesh", f"data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']}"),
       ("batch", f"{report['batch']['global_batch_size']} x {report['batch']['seq_len']} tokens, "
                 f"{report['batch']['rows_per_chip']:g} rows per chip, "
@@ -403,14 +373,30 @@ def format_table(report: dict[str, Any]) -> str:
                       f"{g(mem['hbm'])} -> "
                       f"{'FITS' if report['fits'] else 'DOES NOT FIT'} ({mem['source']})"),
   ]
+  kernels, coll = report.get("kernels"), report.get("collectives_per_chip")
   if cost.get("flops") is not None:
-    rows.append(("XLA FLOPs per chip", f"{cost['flops']:.4g}"))
+    extra = (f" + Pallas kernels {kernels['flops']:.4g} = {cost['flops_with_kernels']:.4g}"
+             if kernels and kernels["per_kernel"] else "")
+    rows.append(("XLA FLOPs per chip", f"{cost['flops']:.4g}{extra}"))
+  for k in (kernels or {}).get("per_kernel", []):
+    rows.append(("kernel", f"{k['name']} x{k['executions']}: " + (
+        f"{k['flops']:.4g} FLOPs, {gib(k['bytes'])}, {k['seconds'] * 1e3:.3g} ms each "
+        f"({k['bound']}-bound; {k['mask']})" if k.get("counted") else
+        "NOT COUNTED (unknown kernel: MFU is an upper bound)")))
+  if coll is not None:
+    parts = [f"{kind} {gib(v['bytes'])} ({v['executions']}x)" for kind, v in coll.items()
+             if isinstance(v, dict)]
+    rows.append(("collectives per chip", f"{gib(coll['total_bytes'])} per step"
+                 + (f": {', '.join(parts)}" if parts else "")))
   rows.append(("analytic FLOPs", f"{report['analytic_flops']['total']:.4g} per step, "
                                  f"{report['analytic_flops']['per_chip']:.4g} per chip"))
   if report.get("step_seconds") is not None:
     rows.append(("step time", f"{report['step_seconds']:.4g} s [{report['step_seconds_source']}]"))
   mfu = report.get("mfu")
-  rows.append(("predicted MFU", f"{mfu:.1%}" if mfu is not None else f"- ({report['mfu_reason']})"))
+  shown = ("-" if mfu is None else
+           f"<= {mfu:.1%}" if report.get("mfu_is_upper_bound") else f"{mfu:.1%}")
+  rows.append(("predicted MFU", shown + (f" ({report['mfu_reason']})"
+                                         if report.get("mfu_reason") else "")))
   rows.append(("compile", f"lower {report['compile_seconds']['lower']} s, "
                           f"compile {report['compile_seconds']['compile']} s"))
   for s in report["suggestions"]:
@@ -433,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/X.py[:arg]")
   parser.add_argument("--topology", required=True, help="e.g. v4-8, v5p-256, v5e-256, 2xv5p-256")
-  parser.add_argument("--out", help="write the report as JSON here")
+  parser.add_argument("--out", help="write the report as JSON here (with --search: the "
+                                      "winner's overrides and report, and every candidate)")
+  compile_search.add_flags(parser)
   args, rest = parser.parse_known_args(argv)
   try:
     topo = parse_topology(args.topology)
@@ -441,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs.apply_overrides(config, rest)
   except (TopologyError, ValueError, FileNotFoundError, TypeError) as e:
     parser.error(str(e))
+  if args.search:
+    return compile_search.run(args, topo, rest)
   report = compile_report(config, topo)
   report["config"], report["overrides"] = args.config, list(rest)
   report["host"] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no TPU (AOT compile)",
