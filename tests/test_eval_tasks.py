@@ -103,7 +103,7 @@ def test_vqav2_questions_and_annotations(tmp_path):
   assert [e.id for e in task.test] == ["21", "22"]
   assert task.skipped == {"missing_image": 1}
   e = task.test[0]
-  assert e.fields == {"question": "What is 21?", "answer": "red"}
+  assert e.fields == {"question": "What is 21?", "answer": "red", "first_answer": "red"}
   assert e.references == ("red",) * 7 + ("maroon",) * 3
   assert e.image_paths == (os.path.join(d, "val2014", "COCO_val2014_000000000002.jpg"),)
 
@@ -248,7 +248,8 @@ def test_tfds_data_source(tmp_path):
   assert (len(task.train), len(task.test), task.class_names) == (3, 2, ("neg", "pos"))
   [e] = [e for e in task.test if e.id == "x1"]  # TFDS shuffles records when writing
   assert (e.references, e.label) == (("a gray square", "gray"), 1)
-  assert e.fields == {"caption": "a gray square", "answer": "a gray square"}
+  assert e.fields == {"caption": "a gray square", "answer": "a gray square",
+                      "first_answer": "a gray square"}
   pixels = np.asarray(Image.open(io.BytesIO(e.images()[0])))
   np.testing.assert_array_equal(pixels, imgs[1])  # PNG: lossless
 

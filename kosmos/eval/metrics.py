@@ -5,13 +5,14 @@ scale (CIDEr as pycocoevalcap computes it, about 0..10; the others in [0, 1]);
 `score(metric, ...)` returns the number papers report (x100), and `mean_std` summarizes
 trials as OpenFlamingo does (nanmean, population nanstd).
 
-Post-processing follows OpenFlamingo's eval: captions are cut at the first newline or
+Post-processing (the kosmos protocol) follows OpenFlamingo's eval: captions are cut at the first newline or
 "Output"/"Question" marker and lose double quotes; VQA answers are cut at the first
 "Question"/"Answer"/"Short" marker, newline, or ", " (the first short answer), and lose
 trailing periods and whitespace: the official VQA script compares the raw prediction when
 all references agree, so "red." would score 0 against ten "red".
-`postprocess_vqa_openflamingo` is OpenFlamingo's own `postprocess_vqa_generation`
-(markers, then ", "; nothing stripped -- its metric normalizes every answer).
+`postprocess_caption_openflamingo` / `postprocess_vqa_openflamingo` are OpenFlamingo's own
+(captions: cut at "Output", no quotes; VQA: `postprocess_vqa_generation`, markers then
+", "; nothing stripped -- its metric normalizes every answer).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def postprocess_caption(text: str) -> str:
   """A generated continuation -> the caption: cut at the first "\\n"/"Output"/"Question",
   drop double quotes, strip."""
   return _CAPTION_CUT.split(text, maxsplit=1)[0].replace('"', "").strip()
+
+
+def postprocess_caption_openflamingo(text: str) -> str:
+  """OpenFlamingo's caption post-processing: the text before the first "Output", without
+  double quotes; no other cut, no stripping."""
+  return text.split("Output", 1)[0].replace('"', "")
 
 
 def postprocess_vqa(text: str) -> str:

@@ -18,9 +18,10 @@ Formats, recognized from the file's content:
   images `{image_id}.jpg`.
 
 `references` are the annotators' answers, `fields["answer"]` (the demonstration answer)
-is "multiple_choice_answer" when present, else the first answer (OpenFlamingo uses the
-first). Questions without annotation are kept with no references (test-dev style);
-missing images are skipped and counted.
+is "multiple_choice_answer" when present, else the first answer; `fields["first_answer"]`
+is always the first annotator answer (OpenFlamingo's demonstration answer). Questions
+without annotation are kept with no references (test-dev style); missing images are
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | Non
     if not os.path.exists(path):
       skipped["missing_image"] += 1
       continue
-    out.append(Example(id=example_id, fields={"question": question.strip(), "answer": demo},
+    out.append(Example(id=example_id, fields={"question": question.strip(), "answer": demo,
+                                              "first_answer": (answers or [""])[0]},
                        references=tuple(answers), image_paths=(path,)))
   check_unique_ids(out, questions_path)
   return out
