@@ -6,8 +6,9 @@ function (`kosmos.eval.demos.EmbedFn`: B encoded images -> [B, D] float32) and a
 the feature cache, from either
 
 - a Hugging Face CLIP directory saved by `save_pretrained` (config.json with model_type
-  "clip" or "clip_vision_model"): CLIPModel.get_image_features, or the image_embeds of
-  CLIPVisionModelWithProjection, or the pooled output of CLIPVisionModel; images
+  "clip" or "clip_vision_model"): the projected pooled image features of CLIPModel or
+  CLIPVisionModelWithProjection (CLIP's image embedding), or the pooled output of
+  CLIPVisionModel; images
   preprocessed by the directory's CLIPImageProcessor (or CLIP's defaults at the model's
   image size: resize the short side bicubic, center crop, CLIP mean/std). Runs in torch on
   the CPU, nothing downloaded. openai/clip-vit-large-patch14 saved this way gives
@@ -63,16 +64,18 @@ def hf_clip_embed_fn(path: str) -> EmbedFn:
   if config["model_type"] == "clip":
     model = transformers.CLIPModel.from_pretrained(path, local_files_only=True)
     image_size = model.config.vision_config.image_size
-    forward = lambda pixels: model.get_image_features(pixel_values=pixels)
   elif "CLIPVisionModelWithProjection" in architectures:
     model = transformers.CLIPVisionModelWithProjection.from_pretrained(path,
                                                                        local_files_only=True)
     image_size = model.config.image_size
-    forward = lambda pixels: model(pixel_values=pixels).image_embeds
   else:
     model = transformers.CLIPVisionModel.from_pretrained(path, local_files_only=True)
     image_size = model.config.image_size
-    forward = lambda pixels: model(pixel_values=pixels).pooler_output
+  project = getattr(model, "visual_projection", None)
+
+  def forward(pixels):  # written out: get_image_features' return type varies by version
+    pooled = model.vision_model(pixel_values=pixels).pooler_output
+    return project(pooled) if project is not None else pooled
   model.eval()
   if os.path.isfile(os.path.join(path, "preprocessor_config.json")):
     processor = transformers.CLIPImageProcessor.from_pretrained(path, local_files_only=True)
