@@ -15,7 +15,6 @@ from kosmos.eval import okvqa_stem
 from kosmos.eval import prompts
 from kosmos.eval import protocols
 from kosmos.eval import runner
-from kosmos.eval import tasks as tasks_lib
 from kosmos.eval.tasks import Example, Task
 
 OF = protocols.get_protocol("openflamingo")

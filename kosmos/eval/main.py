@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
   config = workdir_lib.load_config(args.workdir)
   mesh = sharding.make_mesh(config.mesh)
   step, params = load_params(args.workdir, config, mesh, args.step)
-  settings = runner.settings_for(args.protocol, args.task, caption_beams=args.caption_beams,
+  task_options = _task_options(args.task_option)
+  protocol = task_options.pop("protocol", args.protocol)  # as runner.evaluate would
+  settings = runner.settings_for(protocol, args.task, caption_beams=args.caption_beams,
                                  caption_tokens=args.caption_tokens, vqa_beams=args.vqa_beams,
                                  vqa_tokens=args.vqa_tokens, length_penalty=args.length_penalty,
                                  batch_size=args.batch_size)
@@ -133,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
   result = runner.evaluate(config, params, args.task, args.data, args.shots, trials=args.trials,
                            rices=args.rices or bool(args.rices_model),
                            num_queries=args.num_queries, seed=args.seed,
-                           protocol=args.protocol, rices_embed_fn=rices_embed_fn,
-                           rices_embedder=rices_embedder,
-                           settings=settings, mesh=mesh, task_options=_task_options(args.task_option),
+                           protocol=protocol, rices_embed_fn=rices_embed_fn,
+                           rices_embedder=rices_embedder, settings=settings, mesh=mesh,
+                           task_options=task_options,
                            rices_cache_dir=os.path.join(args.workdir, "eval", "rices_cache"),
                            show_progress=not args.no_progress, blank_images=args.blank_images)
   result.update(step=step, workdir=os.path.abspath(args.workdir), data=os.path.abspath(args.data),

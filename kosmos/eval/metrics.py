@@ -5,8 +5,8 @@ scale (CIDEr as pycocoevalcap computes it, about 0..10; the others in [0, 1]);
 `score(metric, ...)` returns the number papers report (x100), and `mean_std` summarizes
 trials as OpenFlamingo does (nanmean, population nanstd).
 
-Post-processing (the kosmos protocol) follows OpenFlamingo's eval: captions are cut at the first newline or
-"Output"/"Question" marker and lose double quotes; VQA answers are cut at the first
+Post-processing (the kosmos protocol) follows OpenFlamingo's eval: captions are cut at the
+first newline or "Output"/"Question" marker and lose double quotes; VQA answers are cut at the first
 "Question"/"Answer"/"Short" marker, newline, or ", " (the first short answer), and lose
 trailing periods and whitespace: the official VQA script compares the raw prediction when
 all references agree, so "red." would score 0 against ten "red".

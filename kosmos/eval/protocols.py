@@ -25,7 +25,9 @@ what RICES does at 0 shots. `kosmos-eval --protocol NAME` picks one (`PROTOCOLS`
                                hateful? Answer:{yes|no}<|endofchunk|>"; ROC AUC on P("yes")
                     ImageNet   "<image>Output:{class name}<|endofchunk|>" (OpenFlamingo's
                                current code; its older code used the same prompt without
-                               <|endofchunk|>); top-1 accuracy
+                               <|endofchunk|>); top-1 accuracy; also used for other image
+                               folders and TFDS classification (rendered_sst2, text_mc and
+                               binding have no OpenFlamingo prompt and are refused)
                   classes ranked by their per-token MEAN log-likelihood
                   (`normalize_length=True`); generation stops at "<|endofchunk|>"; with
                   RICES, 0 shots use the 2 most similar demos, text only.
@@ -49,7 +51,7 @@ from typing import Any, Callable, Mapping
 from kosmos.eval import metrics
 from kosmos.eval import okvqa_stem
 from kosmos.eval import vqa_normalize
-from kosmos.eval.tasks.example import CAPTION, CLASSIFICATION, VQA, Task
+from kosmos.eval.tasks.example import CAPTION, VQA, Task
 
 KOSMOS, OPENFLAMINGO = "kosmos", "openflamingo"
 SUM, MEAN = "sum", "mean"  # class scores: summed or per-token mean log-likelihood
