@@ -203,20 +203,35 @@ def test_vqa_normalization_rules():
 
 def test_vqa_accuracy_hand_computed():
   acc = vqa_normalize.vqa_accuracy
-  assert acc("two", ["2"] * 10) == 1.0
+  old = lambda p, a: acc(p, a, variant="official_2016")
+  of = lambda p, a: acc(p, a, variant="openflamingo")
   # 2 of 10 annotators agree: leave-one-out mean = (2 * 1/3 + 8 * 2/3) / 10 = 0.6.
-  assert acc("Yes", ["yes"] * 2 + ["no"] * 8) == pytest.approx(0.6)
-  assert acc("yes", ["yes"] * 3 + ["no"] * 7) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
-  assert acc("maybe", ["yes"] * 10) == 0.0
-  assert acc("the dog", ["dog"] * 10) == 1.0
-  assert acc("dont", ["don't"] * 10) == 1.0
-  # Disagreeing references are punctuation-processed: "hot-dog" -> "hot dog".
-  assert acc("hot dog", ["hot-dog"] * 2 + ["hotdog"] * 8) == pytest.approx(0.6)
-  # Agreeing references are left as they are (official quirk): "two" != "2" ...
-  assert acc("two", ["two"] * 10) == 0.0
-  # ... unless every reference is normalized (OpenFlamingo's copy).
-  assert acc("two", ["two"] * 10, normalize_references=True) == 1.0
-  assert metrics.vqa_accuracy(["two", "no"], [["2"] * 10, ["yes"] * 10]) == 0.5
+  for variant in vqa_normalize.VARIANTS:
+    assert acc("Yes", ["yes"] * 2 + ["no"] * 8, variant=variant) == pytest.approx(0.6)
+    assert acc("yes", ["yes"] * 3 + ["no"] * 7, variant=variant) == pytest.approx(0.9)
+    assert acc("maybe", ["yes"] * 10, variant=variant) == 0.0
+    # Disagreeing references are punctuation-processed: "hot-dog" -> "hot dog".
+    assert acc("hot dog", ["hot-dog"] * 2 + ["hotdog"] * 8, variant=variant) == pytest.approx(0.6)
+  # Current official script: when all ten references agree, nothing is normalized, so
+  # the raw (whitespace-cleaned) prediction must equal them ...
+  assert acc("two", ["2"] * 10) == 0.0 and old("two", ["2"] * 10) == 1.0
+  assert acc("two", ["two"] * 10) == 1.0 and old("two", ["two"] * 10) == 0.0
+  assert acc("the dog", ["dog"] * 10) == 0.0 and old("the dog", ["dog"] * 10) == 1.0
+  assert acc("dont", ["don't"] * 10) == 0.0 and old("dont", ["don't"] * 10) == 1.0
+  assert acc("red.", ["red"] * 10) == 0.0 and old("red.", ["red"] * 10) == 1.0
+  assert acc(" red\n", ["red"] * 10) == 1.0 and acc("red", ["red\t"] * 10) == 1.0
+  assert old("red", ["red\t"] * 10) == 0.0  # 2016: references not whitespace-cleaned
+  # ... and when they disagree, prediction and references are both fully normalized
+  # (the 2016 script processed the references' punctuation only).
+  assert acc("two", ["2"] * 9 + ["two"]) == 1.0
+  assert acc("2", ["the two"] * 4 + ["Two!"] * 6) == 1.0 and old("2", ["the two"] * 4 + ["Two!"] * 6) == 0.0
+  # OpenFlamingo's copy normalizes every reference, always.
+  assert of("two", ["two"] * 10) == 1.0 and of("The Dog.", ["dog"] * 10) == 1.0
+  assert metrics.vqa_accuracy(["two", "no"], [["2"] * 10, ["yes"] * 10]) == 0.0
+  assert metrics.vqa_accuracy(["two", "no"], [["2"] * 10, ["yes"] * 10],
+                              variant="official_2016") == 0.5
+  with pytest.raises(ValueError, match="'official_2021'.*valid"):
+    metrics.vqa_accuracy(["a"], [["a"]], variant="official_2021")
 
 
 def test_postprocessing():
@@ -226,6 +241,16 @@ def test_postprocessing():
   assert metrics.postprocess_vqa(" two, maybe three Question: what") == "two"
   assert metrics.postprocess_vqa("yes Short answer: no") == "yes"
   assert metrics.postprocess_vqa("red\nQuestion") == "red"
+  # A trailing period would zero the score under the official rule (all refs agree).
+  assert metrics.postprocess_vqa(" red. \nQuestion: x") == "red"
+  assert metrics.postprocess_vqa("3.5.") == "3.5" and metrics.postprocess_vqa("...") == ""
+  for raw in ("red.", " red.", "red .\n", "red.Question: what"):
+    assert metrics.vqa_accuracy([metrics.postprocess_vqa(raw)], [["red"] * 10]) == 1.0
+  assert metrics.vqa_accuracy(["red."], [["red"] * 10]) == 0.0  # unprocessed: 0
+  # OpenFlamingo's own: markers, then ", "; no newline cut, no stripping.
+  of = metrics.postprocess_vqa_openflamingo
+  assert of(" red. Question: x") == " red. " and of("a, b Answer") == "a"
+  assert of("red\nblue, green") == "red\nblue"
 
 
 def _auc_pairs(y, s):

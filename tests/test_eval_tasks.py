@@ -98,12 +98,12 @@ def test_vqav2_questions_and_annotations(tmp_path):
   os.remove(os.path.join(d, "val2014", "COCO_val2014_000000000004.jpg"))
   task = tasks.load_task("vqav2", d)
   assert (task.kind, task.metric) == ("vqa", "vqa_accuracy")
-  assert task.metric_options == {"normalize_references": False}
+  assert task.metric_options == {"variant": "official"}
   assert [e.id for e in task.train] == ["11", "12"]
   assert [e.id for e in task.test] == ["21", "22"]
   assert task.skipped == {"missing_image": 1}
   e = task.test[0]
-  assert e.fields == {"question": "What is 21?", "answer": "red"}
+  assert e.fields == {"question": "What is 21?", "answer": "red", "first_answer": "red"}
   assert e.references == ("red",) * 7 + ("maroon",) * 3
   assert e.image_paths == (os.path.join(d, "val2014", "COCO_val2014_000000000002.jpg"),)
 
@@ -156,7 +156,7 @@ def test_vizwiz_and_textvqa_layouts(tmp_path):
         {"image": name, "question": "What is this?", "answerable": 1, "answer_type": "other",
          "answers": [{"answer": "soup", "answer_confidence": "yes"}] * 10}])
   task = tasks.load_task("vizwiz", os.path.join(d, "vizwiz"))
-  assert task.metric_options == {"normalize_references": True}
+  assert task.metric_options == {"variant": "openflamingo"}
   assert task.test[0].id == "VizWiz_val_00000000.jpg"
   assert task.test[0].references == ("soup",) * 10
   tv = os.path.join(d, "textvqa")
@@ -248,7 +248,8 @@ def test_tfds_data_source(tmp_path):
   assert (len(task.train), len(task.test), task.class_names) == (3, 2, ("neg", "pos"))
   [e] = [e for e in task.test if e.id == "x1"]  # TFDS shuffles records when writing
   assert (e.references, e.label) == (("a gray square", "gray"), 1)
-  assert e.fields == {"caption": "a gray square", "answer": "a gray square"}
+  assert e.fields == {"caption": "a gray square", "answer": "a gray square",
+                      "first_answer": "a gray square"}
   pixels = np.asarray(Image.open(io.BytesIO(e.images()[0])))
   np.testing.assert_array_equal(pixels, imgs[1])  # PNG: lossless
 

@@ -2,6 +2,14 @@ r"""`kosmos-eval`: few-shot evaluation of a workdir's checkpoint on one task.
 
     kosmos-eval --workdir DIR --task coco --data /data/coco --shots 0,4,8 --trials 3 \
         --out results/coco.json
+    kosmos-eval --workdir DIR --task vqav2 --data /data/vqav2 --shots 0,4,8,16,32 \
+        --trials 3 --protocol openflamingo --out results/vqav2_of.json
+
+`--protocol` picks prompts, decoding, scoring, post-processing and the VQA metric variant
+(kosmos.eval.protocols): "kosmos" (default) or "openflamingo" (OpenFlamingo's eval, for
+numbers comparable with its published tables). The decoding flags default to the
+protocol's values. `--rices-model` ranks RICES demonstrations by a Hugging Face CLIP
+directory or another kosmos workdir's vision tower instead of the evaluated model's.
 
 Loads DIR/config.json and the params of checkpoint `--step` (default: the latest) laid out
 on the config's mesh, runs `kosmos.eval.runner.evaluate`, prints a table, and writes `--out`
@@ -26,6 +34,8 @@ from flax import nnx  # pylint: disable=wrong-import-position
 
 from kosmos import sharding  # pylint: disable=wrong-import-position
 from kosmos import workdir as workdir_lib
+from kosmos.eval import protocols
+from kosmos.eval import rices_towers
 from kosmos.eval import runner
 from kosmos.eval import tasks as tasks_lib
 from kosmos.model import multimodal
@@ -62,18 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--trials", type=int, default=1, help="random demonstration seeds")
   parser.add_argument("--rices", action="store_true",
                       help="demonstrations by image similarity (RICES) instead of random")
+  parser.add_argument("--rices-model", default=None, metavar="DIR",
+                      help="RICES image features from this tower instead of the evaluated "
+                      "model's: a Hugging Face CLIP directory (save_pretrained; OpenFlamingo "
+                      "uses CLIP ViT-L/14) or a kosmos workdir (implies --rices)")
+  parser.add_argument("--protocol", default=protocols.KOSMOS, choices=sorted(protocols.PROTOCOLS),
+                      help="prompts, decoding, scoring and metric preset (default kosmos; "
+                      "openflamingo = OpenFlamingo's eval)")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
   parser.add_argument("--num-queries", type=int, default=0, help="test subset size (0 = all)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=8)
-  parser.add_argument("--caption-beams", type=int, default=3)
-  parser.add_argument("--caption-tokens", type=int, default=20)
-  parser.add_argument("--vqa-beams", type=int, default=1)
-  parser.add_argument("--vqa-tokens", type=int, default=5)
-  parser.add_argument("--length-penalty", type=float, default=0.0)
+  parser.add_argument("--caption-beams", type=int, default=None,
+                      help="default: the protocol's (3 in both)")
+  parser.add_argument("--caption-tokens", type=int, default=None,
+                      help="default: the protocol's (20 in both)")
+  parser.add_argument("--vqa-beams", type=int, default=None,
+                      help="default: the protocol's (kosmos 1, openflamingo 3)")
+  parser.add_argument("--vqa-tokens", type=int, default=None,
+                      help="default: the protocol's (5; openflamingo 10 for textvqa)")
+  parser.add_argument("--length-penalty", type=float, default=None,
+                      help="default: the protocol's (0)")
   parser.add_argument("--task-option", action="append", default=[], metavar="KEY=JSON",
                       help="loader or prompt option, e.g. json_path=\"/x/dataset_coco.json\", "
-                      "separator=\".\", question_types='[\"what color is the\"]' (VQAv2)")
+                      "separator=\".\", question_types='[\"what color is the\"]' (VQAv2), "
+                      "vqa_metric=official|official_2016|openflamingo (VQA tasks)")
   parser.add_argument("--blank-images", action="store_true",
                       help="image ablation: show every image as uniform gray (same prompts)")
   parser.add_argument("--no-progress", action="store_true")
@@ -100,12 +123,21 @@ def main(argv: list[str] | None = None) -> int:
   config = workdir_lib.load_config(args.workdir)
   mesh = sharding.make_mesh(config.mesh)
   step, params = load_params(args.workdir, config, mesh, args.step)
-  settings = runner.Settings(caption_beams=args.caption_beams, caption_tokens=args.caption_tokens,
-                             vqa_beams=args.vqa_beams, vqa_tokens=args.vqa_tokens,
-                             length_penalty=args.length_penalty, batch_size=args.batch_size)
+  task_options = _task_options(args.task_option)
+  protocol = task_options.pop("protocol", args.protocol)  # as runner.evaluate would
+  settings = runner.settings_for(protocol, args.task, caption_beams=args.caption_beams,
+                                 caption_tokens=args.caption_tokens, vqa_beams=args.vqa_beams,
+                                 vqa_tokens=args.vqa_tokens, length_penalty=args.length_penalty,
+                                 batch_size=args.batch_size)
+  rices_embed_fn, rices_embedder = None, "own_vision"
+  if args.rices_model:
+    rices_embed_fn, rices_embedder = rices_towers.load(args.rices_model)
   result = runner.evaluate(config, params, args.task, args.data, args.shots, trials=args.trials,
-                           rices=args.rices, num_queries=args.num_queries, seed=args.seed,
-                           settings=settings, mesh=mesh, task_options=_task_options(args.task_option),
+                           rices=args.rices or bool(args.rices_model),
+                           num_queries=args.num_queries, seed=args.seed,
+                           protocol=protocol, rices_embed_fn=rices_embed_fn,
+                           rices_embedder=rices_embedder, settings=settings, mesh=mesh,
+                           task_options=task_options,
                            rices_cache_dir=os.path.join(args.workdir, "eval", "rices_cache"),
                            show_progress=not args.no_progress, blank_images=args.blank_images)
   result.update(step=step, workdir=os.path.abspath(args.workdir), data=os.path.abspath(args.data),

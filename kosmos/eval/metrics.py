@@ -5,9 +5,14 @@ scale (CIDEr as pycocoevalcap computes it, about 0..10; the others in [0, 1]);
 `score(metric, ...)` returns the number papers report (x100), and `mean_std` summarizes
 trials as OpenFlamingo does (nanmean, population nanstd).
 
-Post-processing follows OpenFlamingo's eval: captions are cut at the first newline or
-"Output"/"Question" marker and lose double quotes; VQA answers are cut at the first
-"Question"/"Answer"/"Short" marker, newline, or ", " (the first short answer).
+Post-processing (the kosmos protocol) follows OpenFlamingo's eval: captions are cut at the
+first newline or "Output"/"Question" marker and lose double quotes; VQA answers are cut at the first
+"Question"/"Answer"/"Short" marker, newline, or ", " (the first short answer), and lose
+trailing periods and whitespace: the official VQA script compares the raw prediction when
+all references agree, so "red." would score 0 against ten "red".
+`postprocess_caption_openflamingo` / `postprocess_vqa_openflamingo` are OpenFlamingo's own
+(captions: cut at "Output", no quotes; VQA: `postprocess_vqa_generation`, markers then
+", "; nothing stripped -- its metric normalizes every answer).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ METRICS = (CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY)
 
 _CAPTION_CUT = re.compile(r"\n|Output|Question")
 _VQA_CUT = re.compile(r"Question|Answer|Short|\n")
+_OF_VQA_CUT = re.compile(r"Question|Answer|Short")
+_TRAILING = re.compile(r"[\s.]+$")
 
 
 def postprocess_caption(text: str) -> str:
@@ -34,11 +41,24 @@ def postprocess_caption(text: str) -> str:
   return _CAPTION_CUT.split(text, maxsplit=1)[0].replace('"', "").strip()
 
 
+def postprocess_caption_openflamingo(text: str) -> str:
+  """OpenFlamingo's caption post-processing: the text before the first "Output", without
+  double quotes; no other cut, no stripping."""
+  return text.split("Output", 1)[0].replace('"', "")
+
+
 def postprocess_vqa(text: str) -> str:
   """A generated continuation -> the first short answer (before any "Question"/"Answer"/
-  "Short" marker, newline or ", "), stripped."""
+  "Short" marker, newline or ", "), stripped of whitespace and trailing periods."""
   answer = _VQA_CUT.split(text, maxsplit=1)[0]
-  return answer.split(", ", 1)[0].strip()
+  return _TRAILING.sub("", answer.split(", ", 1)[0].strip())
+
+
+def postprocess_vqa_openflamingo(text: str) -> str:
+  """OpenFlamingo's `postprocess_vqa_generation`: the text before the first "Question"/
+  "Answer"/"Short" marker, then before the first ", "; no stripping."""
+  answer = _OF_VQA_CUT.split(text, maxsplit=1)[0]
+  return answer.split(", ", 1)[0]
 
 
 def cider(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], *,
@@ -71,13 +91,14 @@ def cider(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]
 
 
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]], *,
-                 normalize_references: bool = False) -> float:
+                 variant: str = vqa_normalize.OFFICIAL) -> float:
   """Mean VQA accuracy in [0, 1]; predictions[i] is scored against answers[i] (10 each in
-  VQAv2) by `kosmos.eval.vqa_normalize.vqa_accuracy`."""
+  VQAv2) by `kosmos.eval.vqa_normalize.vqa_accuracy` with `variant` ("official" = the
+  current official script, "official_2016", "openflamingo")."""
   _same_length(predictions, answers, "vqa_accuracy")
-  return float(np.mean([
-      vqa_normalize.vqa_accuracy(p, a, normalize_references=normalize_references)
-      for p, a in zip(predictions, answers)]))
+  vqa_normalize.check_variant(variant)
+  return float(np.mean([vqa_normalize.vqa_accuracy(p, a, variant=variant)
+                        for p, a in zip(predictions, answers)]))
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:

@@ -20,6 +20,8 @@ KOSMOS-1-style defaults (`TEMPLATES`): captioning "An image of" -> " {caption}";
 " {answer}"; HatefulMemes as Flamingo (meme text in the prompt, yes/no target); Rendered
 SST-2 as a sentiment question; text multiple choice "{question}\\nAnswer:"; fast
 binding (Frozen) "This is a" -> " {answer}" with "." after each support item.
+`openflamingo_*`: OpenFlamingo's eval prompts (see kosmos.eval.protocols); their targets
+have no leading space, as OpenFlamingo writes them ("Short answer:{answer}").
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ TEMPLATES: dict[str, Template] = {
     "rendered_sst2": Template(prompt="Question: what is the sentiment of the opinion? Answer:"),
     "multiple_choice": Template(prompt="{question}\nAnswer:", separator="\n\n"),
     "binding": Template(prompt="This is a", separator="."),
+    # OpenFlamingo's eval prompts (kosmos.eval.protocols, --protocol openflamingo); the
+    # image segment stands where its text has "<image>".
+    "openflamingo_caption": Template(prompt="Output:", target="{caption}",
+                                     separator="<|endofchunk|>\n"),
+    "openflamingo_vqa": Template(prompt="Question:{question} Short answer:",
+                                 target="{first_answer}", separator="<|endofchunk|>\n"),
+    "openflamingo_hateful_memes": Template(
+        prompt="is an image with: '{text}' written on it. Is it hateful? Answer:",
+        target="{answer}", separator="<|endofchunk|>"),
+    "openflamingo_imagenet": Template(prompt="Output:", target="{answer}",
+                                      separator="<|endofchunk|>"),
 }
 
 

@@ -3,7 +3,9 @@
 `evaluate(config, params, task, data_dir, shots, ...)` is the Python entry (training calls
 it every K steps; `kosmos-eval` wraps it). For each shot count and trial it selects
 demonstrations (`kosmos.eval.demos`: seeded random query sets, or RICES on the model's own
-vision features), builds prompts (`kosmos.eval.prompts`), and
+vision features or on another tower's, `kosmos.eval.rices_towers`), builds prompts
+(`kosmos.eval.prompts`), and, under the default protocol "kosmos"
+(`kosmos.eval.protocols`; "openflamingo" reproduces OpenFlamingo's eval),
 
     caption          beam search (3 beams, length penalty 0, 20 new tokens), post-processed
                      as OpenFlamingo does, CIDEr
@@ -35,6 +37,7 @@ from flax import nnx
 from kosmos.eval import demos as demos_lib
 from kosmos.eval import metrics
 from kosmos.eval import prompts as prompts_lib
+from kosmos.eval import protocols as protocols_lib
 from kosmos.eval import tasks as tasks_lib
 from kosmos.infer import engine as engine_lib
 from kosmos.infer import prompt as prompt_lib
@@ -43,13 +46,24 @@ from kosmos.model import multimodal
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """Decoding per task kind (OpenFlamingo's eval defaults for captioning)."""
+  """Decoding per task kind (the kosmos protocol's; `settings_for` gives a protocol's).
+  stop_strings: generated text is cut at the first of them (e.g. "<|endofchunk|>")."""
   caption_beams: int = 3
   caption_tokens: int = 20
   vqa_beams: int = 1
   vqa_tokens: int = 5
   length_penalty: float = 0.0
   batch_size: int = 8
+  stop_strings: tuple[str, ...] = ()
+
+
+def settings_for(protocol: str | protocols_lib.Protocol, task_name: str,
+                 **overrides: Any) -> Settings:
+  """`protocol`'s Settings for `task_name`, with `overrides` (None values ignored) on top."""
+  values = protocols_lib.get_protocol(protocol).settings_for(task_name)
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  values["stop_strings"] = tuple(values.get("stop_strings", ()))
+  return Settings(**values)
 
 
 def build_model(config: ml_collections.ConfigDict, params: Any,
@@ -140,10 +154,15 @@ def blank(prompt: prompts_lib.Prompt, image_size: int) -> prompts_lib.Prompt:
 def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence,
               demos: Sequence[Sequence], *, text_only: bool, settings: Settings,
               progress: Callable[[int], Any] | None = None,
-              blank_images: bool = False) -> list[dict[str, Any]]:
+              blank_images: bool = False,
+              protocol: str | protocols_lib.Protocol = protocols_lib.KOSMOS
+              ) -> list[dict[str, Any]]:
   """Predictions for `queries` (this process's), each {"id", "prediction", "raw" |
   "logprobs", "references" | "label"}; `demos[i]` are query i's demonstrations.
-  blank_images: every image (demonstrations' and query's) replaced by `BLANK_GRAY`."""
+  blank_images: every image (demonstrations' and query's) replaced by `BLANK_GRAY`.
+  protocol: how classes are scored ("logprobs" = summed or per-token mean log-likelihood
+  per class) and generations post-processed (kosmos.eval.protocols)."""
+  protocol = protocols_lib.get_protocol(protocol)
   template = prompts_lib.get_template(task.template, task.template_overrides)
   classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
   built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
@@ -155,8 +174,9 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
   if classify:
     scores = engine.score([b.segments for b in built], [b.candidates for b in built],
                           batch_size=settings.batch_size, progress=progress)
+    which = protocols_lib.class_score_index(protocol)
     for q, s in zip(queries, scores):
-      logprobs = [total for total, _ in s]
+      logprobs = [pair[which] for pair in s]
       out.append({"id": q.id, "prediction": int(np.argmax(logprobs)), "logprobs": logprobs,
                   "label": q.label})
     return out
@@ -166,8 +186,8 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
       max_new_tokens=settings.caption_tokens if caption else settings.vqa_tokens,
       num_beams=settings.caption_beams if caption else settings.vqa_beams,
       length_penalty=settings.length_penalty, batch_size=settings.batch_size,
-      progress=progress)
-  post = metrics.postprocess_caption if caption else metrics.postprocess_vqa
+      stop_strings=settings.stop_strings, progress=progress)
+  post = protocols_lib.postprocess_fn(protocol, task)
   for q, g in zip(queries, gens):
     out.append({"id": q.id, "prediction": post(g.text), "raw": g.text,
                 "references": list(q.references)})
@@ -176,17 +196,31 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
 
 def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_lib.Task,
              data_dir: str, shots: Sequence[int], *, trials: int = 1, rices: bool = False,
-             num_queries: int = 0, seed: int = 0, settings: Settings = Settings(),
+             num_queries: int = 0, seed: int = 0, settings: Settings | None = None,
              mesh: jax.sharding.Mesh | None = None, task_options: dict | None = None,
              rices_cache_dir: str | None = None, show_progress: bool = True,
              engine: engine_lib.Engine | None = None,
-             blank_images: bool = False) -> dict[str, Any]:
+             blank_images: bool = False,
+             protocol: str | protocols_lib.Protocol = protocols_lib.KOSMOS,
+             rices_embed_fn: demos_lib.EmbedFn | None = None,
+             rices_embedder: str = "own_vision") -> dict[str, Any]:
   """Evaluates one task at several shot counts (module docstring). Returns a results dict
   with "rows" (one per shot count) and "predictions" {shots: [per-trial prediction lists]}.
   blank_images: the image ablation, every image shown as uniform gray (`blank`).
-  Tasks with their own demonstrations (`Task.demos_for`) run one trial per shot count."""
+  Tasks with their own demonstrations (`Task.demos_for`) run one trial per shot count.
+  protocol: a kosmos.eval.protocols name or Protocol (prompts, scoring, post-processing,
+    VQA metric variant, and `settings` when None); a "protocol" entry of `task_options`
+    takes its place (so config-driven evals can name one).
+  rices_embed_fn / rices_embedder: RICES features from another tower (e.g.
+    kosmos.eval.rices_towers.load) and its name for the feature cache; default: the
+    evaluated model's own vision tower."""
+  task_options = dict(task_options or {})
+  protocol = protocols_lib.get_protocol(task_options.pop("protocol", protocol))
   if isinstance(task, str):
-    task = tasks_lib.load_task(task, data_dir, **(task_options or {}))
+    task = tasks_lib.load_task(task, data_dir, **task_options)
+  task = protocols_lib.apply(protocol, task, frozenset(task_options))
+  if settings is None:
+    settings = settings_for(protocol, task.name)
   if trials < 1:
     raise ValueError(f"trials={trials} must be >= 1")
   queries = tasks_lib.sample_eval_set(task.test, num_queries, seed)
@@ -195,47 +229,55 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
                                length_multiple=128)
   mine = _local_indices(len(queries))
   local = [queries[i] for i in mine]
+
+  def by_rices(shot: int) -> bool:  # 0 shots: 2 nearest text-only demos, if the protocol says
+    return rices and task.demos_for is None and (shot > 0 or protocol.rices_zero_shot)
+
   rices_selector = None
-  if rices and task.demos_for is None and any(s > 0 for s in shots):
-    cache = (demos_lib.embedding_cache_path(rices_cache_dir, task.name, "own_vision")
+  if any(by_rices(s) for s in shots):
+    cache = (demos_lib.embedding_cache_path(rices_cache_dir, task.name, rices_embedder)
              if rices_cache_dir else None)
-    rices_selector = demos_lib.Rices(task.train, vision_embed_fn(engine), cache_path=cache)
+    rices_selector = demos_lib.Rices(task.train, rices_embed_fn or vision_embed_fn(engine),
+                                     cache_path=cache)
     # One selection at the most shots serves every count (the k nearest are the last k of
     # it), and every process embeds the same (all) queries: identical sharded-model inputs.
-    rices_demos = rices_selector.select(queries, max(shots))
+    most = max(demos_lib.effective_shots(s) for s in shots if by_rices(s))
+    rices_demos = rices_selector.select(queries, most)
   rows, predictions = [], {}
-  total = sum(len(local) * (1 if rices and s > 0 else trials) for s in shots)
+  total = sum(len(local) * (1 if by_rices(s) else trials) for s in shots)
   bar = _progress_bar(total, f"{task.name}", show_progress and jax.process_index() == 0)
   for shot in shots:
     k = demos_lib.effective_shots(shot)
     fixed_demos = task.demos_for is not None
-    shot_trials = 1 if fixed_demos or (rices_selector is not None and shot > 0) else trials
+    shot_trials = 1 if fixed_demos or by_rices(shot) else trials
     values, shot_predictions = [], []
     for trial in range(shot_trials):
       if fixed_demos:
         demos = [task.demos_for(q, k) for q in local]
-      elif rices_selector is not None and shot > 0:
-        demos = [rices_demos[i][-k:] for i in mine]  # k = shot > 0
+      elif by_rices(shot):
+        demos = [rices_demos[i][-k:] for i in mine]  # k >= 1
       else:
         random_demos = demos_lib.RandomDemos(task.train, seed=seed + trial)
         demos = [random_demos.select(q, k) for q in local]
       preds = run_trial(engine, task, local, demos, text_only=shot == 0, settings=settings,
-                        progress=bar.update if bar else None, blank_images=blank_images)
+                        progress=bar.update if bar else None, blank_images=blank_images,
+                        protocol=protocol)
       preds = _allgather_json(preds)
       values.append(score_predictions(task, preds))
       shot_predictions.append(preds)
     mean, std = metrics.mean_std(values)
-    source = "task" if fixed_demos else "random"
+    source = "task" if fixed_demos else ("rices" if by_rices(shot) else "random")
     rows.append({"shots": shot, "metric": task.metric, "values": values, "mean": mean,
                  "std": std, "trials": shot_trials, "num_queries": len(queries),
-                 "demos": "rices" if rices_selector is not None and shot > 0 else
-                 (f"text_only_{source}" if shot == 0 else source)})
+                 "demos": f"text_only_{source}" if shot == 0 else source})
     predictions[str(shot)] = shot_predictions
   if bar:
     bar.close()
   return {"task": task.name, "kind": task.kind, "metric": task.metric, "rows": rows,
           "predictions": predictions, "skipped": dict(task.skipped),
           "settings": dataclasses.asdict(settings), "seed": seed, "blank_images": blank_images,
+          "protocol": protocol.name, "metric_options": dict(task.metric_options),
+          "rices_embedder": rices_embedder if rices_selector is not None else None,
           "template": dataclasses.asdict(prompts_lib.get_template(task.template,
                                                                   task.template_overrides))}
 

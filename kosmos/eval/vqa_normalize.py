@@ -1,26 +1,51 @@
-"""VQA answer normalization and accuracy, as in the official VQA evaluation script.
+"""VQA answer normalization and accuracy: the official VQA evaluation script and two
+variants, selectable by name.
 
-Reproduces `vqaEval.py` of GT-Vision-Lab/VQA (PythonEvaluationTools), rule for rule:
+Rules shared by every variant, from `vqaEval.py` of GT-Vision-Lab/VQA
+(PythonEvaluationTools/vqaEvaluation), reproduced rule for rule:
 
 - `process_punctuation`: each character of `PUNCT` is deleted when it touches a space in
   the answer (or when the answer holds a digit-comma-digit group), else replaced by a
   space; then `PERIOD_STRIP` deletes periods that are not followed by a digit. The
   official regex `(?!<=\\d)(\\.)(?!\\d)` contains a typo (a lookahead for the literal
   text "<=d", not a lookbehind), reproduced here; it also passes `re.UNICODE` as the
-  `count` argument of `sub`, so at most 32 periods are removed — reproduced too.
+  `count` argument of `sub`, so at most 32 periods are removed -- reproduced too.
 - `process_digit_article`: lowercases, splits on whitespace, maps number words to digits
   (`MANUAL_MAP`, "none" -> "0"), drops articles, expands contractions written without
-  apostrophe (`CONTRACTIONS`, "dont" -> "don't"), joins with single spaces.
-- `vqa_accuracy`: the prediction is always normalized; the references are punctuation-
-  processed only when they disagree (`len(set(answers)) > 1`), as in the official script
-  (the released annotations are already normalized). Accuracy = mean over the leave-one-
-  out subsets of the references of min(1, matches / 3).
+  apostrophe (`CONTRACTIONS`; its cased keys such as "Im" never match after lowercasing,
+  as upstream), joins with single spaces.
+- accuracy = mean over the leave-one-out subsets of the references of min(1, matches / 3)
+  (upstream drops the reference dict equal to the current one; VQA answer dicts carry a
+  unique answer_id, so exactly that one reference is left out).
+
+The variants (`VARIANTS`) differ only in what is normalized before matching:
+
+    official        the current script (commit "Fixed processing answers bug", 2021):
+                    prediction and references have "\\n"/"\\t" replaced by spaces and are
+                    stripped; if the references then disagree (`len(set(refs)) > 1`), BOTH
+                    are punctuation- and digit/article-processed; if all references agree,
+                    NEITHER is, so the raw prediction must equal the raw reference ("two"
+                    scores 0 against ten "2", "red." 0 against ten "red"; see
+                    `kosmos.eval.metrics.postprocess_vqa`, which drops the trailing period).
+    official_2016   the script before that fix (2016-2021): the prediction is always
+                    whitespace-cleaned and fully processed; references are never
+                    whitespace-cleaned, and only punctuation-processed, and only when they
+                    disagree ("two" scores 1 against ten "2", 0 against ten "two").
+    openflamingo    OpenFlamingo's copy (open_flamingo/eval/vqa_metric.py): prediction and
+                    every reference are always whitespace-cleaned and fully processed.
+
+Python 3 semantics throughout: `\\d` also matches non-ASCII digits and `str.lower()` is
+Unicode lowercasing; the official script is Python 2, where the same patterns on the
+(unicode) json answers match ASCII digits only. The two agree on ASCII answers.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Sequence
+
+OFFICIAL, OFFICIAL_2016, OPENFLAMINGO = "official", "official_2016", "openflamingo"
+VARIANTS = (OFFICIAL, OFFICIAL_2016, OPENFLAMINGO)
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
@@ -88,38 +113,57 @@ def process_digit_article(text: str) -> str:
   return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
-def _clean_whitespace(text: str) -> str:
+def clean_whitespace(text: str) -> str:
+  """Newlines and tabs -> spaces, then strip (the first step of the official script)."""
   return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def normalize_answer(text: str) -> str:
-  """What the official script does to a predicted answer before matching."""
-  return process_digit_article(process_punctuation(_clean_whitespace(text)))
+  """Whitespace cleaning, punctuation and digit/article processing: what the official script
+  does to an answer whose references disagree (and what OpenFlamingo's copy always does)."""
+  return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str], *,
-                 normalize_references: bool = False) -> float:
+def check_variant(variant: str) -> str:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown VQA accuracy variant {variant!r}; valid: {VARIANTS}")
+  return variant
+
+
+def matched_forms(prediction: str, answers: Sequence[str],
+                  variant: str = OFFICIAL) -> tuple[str, list[str]]:
+  """(prediction, references) as `variant` compares them (module docstring)."""
+  check_variant(variant)
+  if variant == OFFICIAL_2016:
+    refs = list(answers)
+    if len(set(refs)) > 1:
+      refs = [process_punctuation(a) for a in refs]
+    return normalize_answer(prediction), refs
+  pred = clean_whitespace(prediction)
+  refs = [clean_whitespace(a) for a in answers]
+  if variant == OPENFLAMINGO or len(set(refs)) > 1:
+    pred = process_digit_article(process_punctuation(pred))
+    refs = [process_digit_article(process_punctuation(a)) for a in refs]
+  return pred, refs
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str], *, variant: str = OFFICIAL) -> float:
   """VQA accuracy of one prediction against the human answers (10 in VQAv2), in [0, 1].
 
   Args:
     prediction: the model's (post-processed) answer.
     answers: the annotators' answers, in dataset order.
-    normalize_references: False = the official script (references only punctuation-
-      processed, and only when they disagree). True = also apply the full normalization
-      to every reference, as OpenFlamingo's copy does; use it for datasets whose answers
-      are raw (VizWiz, TextVQA, hand-made sets).
+    variant: "official" (the current official script, default), "official_2016" (the
+      script before its 2021 fix) or "openflamingo" (OpenFlamingo's copy, which
+      normalizes every reference; kosmos' default for the raw answers of VizWiz and
+      TextVQA). See the module docstring.
 
   Returns:
-    mean over i of min(1, #{j != i : answers[j] == prediction} / 3).
+    mean over i of min(1, #{j != i : refs[j] == pred} / 3), on the forms of `matched_forms`.
   """
   if not answers:
     raise ValueError(f"vqa_accuracy needs at least one reference answer; got {answers!r}")
-  pred = normalize_answer(prediction)
-  refs = [_clean_whitespace(a) for a in answers]
-  if normalize_references:
-    refs = [process_digit_article(process_punctuation(a)) for a in refs]
-  elif len(set(refs)) > 1:
-    refs = [process_punctuation(a) for a in refs]
+  pred, refs = matched_forms(prediction, answers, variant)
   total = 0.0
   for i in range(len(refs)):
     matches = sum(1 for j, a in enumerate(refs) if j != i and a == pred)

@@ -22,6 +22,9 @@ pass loader options). Each loader module documents its file format.
 
 Every task also takes the options `prompt`, `target`, `separator`: strings replacing those
 of its prompt template (kosmos.eval.prompts), e.g. to match a model's training format.
+VQA tasks take `vqa_metric`: "official" (the current official VQA script; the default of
+vqav2 and okvqa), "official_2016" or "openflamingo" (every answer normalized; the default
+of vizwiz and textvqa, whose answers are raw) -- see kosmos.eval.vqa_normalize.
 """
 
 from __future__ import annotations
@@ -70,12 +73,12 @@ TASKS: dict[str, Callable[..., Task]] = {
     "vizwiz": lambda d, **o: vqa_task("vizwiz", **{**dict(
         train_questions=os.path.join(d, "train.json"), train_images=os.path.join(d, "train"),
         test_questions=os.path.join(d, "val.json"), test_images=os.path.join(d, "val"),
-        normalize_references=True), **o}),
+        vqa_metric="openflamingo"), **o}),
     "textvqa": lambda d, **o: vqa_task("textvqa", **{**dict(
         train_questions=os.path.join(d, "TextVQA_0.5.1_train.json"),
         train_images=os.path.join(d, "train_images"),
         test_questions=os.path.join(d, "TextVQA_0.5.1_val.json"),
-        test_images=os.path.join(d, "train_images"), normalize_references=True), **o}),
+        test_images=os.path.join(d, "train_images"), vqa_metric="openflamingo"), **o}),
     "hateful_memes": lambda d, **o: hateful_memes_task(**{**dict(
         train_jsonl=os.path.join(d, "train.jsonl"),
         test_jsonl=os.path.join(d, "dev_seen.jsonl"), image_dir=os.path.join(d, "img")), **o}),

@@ -96,6 +96,7 @@ def tfds_task(name: str, dataset: str, *, kind: str, train_split: str = "train",
         values.setdefault("caption", refs[0])
       if refs:
         values.setdefault("answer", refs[0])
+        values.setdefault("first_answer", refs[0])
       if label is not None and class_names:
         values.setdefault("answer", class_names[label])
       images = (bytes(_get(row, image_key)),) if image_key else ()

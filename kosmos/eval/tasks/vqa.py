@@ -18,9 +18,10 @@ Formats, recognized from the file's content:
   images `{image_id}.jpg`.
 
 `references` are the annotators' answers, `fields["answer"]` (the demonstration answer)
-is "multiple_choice_answer" when present, else the first answer (OpenFlamingo uses the
-first). Questions without annotation are kept with no references (test-dev style);
-missing images are skipped and counted.
+is "multiple_choice_answer" when present, else the first answer; `fields["first_answer"]`
+is always the first annotator answer (OpenFlamingo's demonstration answer). Questions
+without annotation are kept with no references (test-dev style); missing images are
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 from typing import Sequence
 
+from kosmos.eval import vqa_normalize
 from kosmos.eval.tasks.example import VQA, Example, Task, check_unique_ids
 
 VQAV2, VIZWIZ, TEXTVQA = "vqav2", "vizwiz", "textvqa"
@@ -118,7 +120,8 @@ def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | Non
     if not os.path.exists(path):
       skipped["missing_image"] += 1
       continue
-    out.append(Example(id=example_id, fields={"question": question.strip(), "answer": demo},
+    out.append(Example(id=example_id, fields={"question": question.strip(), "answer": demo,
+                                              "first_answer": (answers or [""])[0]},
                        references=tuple(answers), image_paths=(path,)))
   check_unique_ids(out, questions_path)
   return out
@@ -127,13 +130,14 @@ def read_vqa(questions_path: str, image_dir: str, *, annotations_path: str | Non
 def vqa_task(name: str, *, train_questions: str, train_images: str, test_questions: str,
              test_images: str, train_annotations: str | None = None,
              test_annotations: str | None = None, image_pattern: str | None = None,
-             normalize_references: bool = False,
+             vqa_metric: str = vqa_normalize.OFFICIAL,
              question_types: str | Sequence[str] | None = None) -> Task:
-  """A VQA-accuracy task; `normalize_references` (see metrics.vqa_accuracy) goes into
-  `Task.metric_options`: False = official VQAv2 script, True for raw answers (VizWiz,
-  TextVQA). `question_types` (VQAv2 annotations' "question_type", e.g. ["what color is
-  the"]) keeps only those test questions; demonstrations still come from the whole train
-  split."""
+  """A VQA-accuracy task; `vqa_metric` (a `kosmos.eval.vqa_normalize.VARIANTS` name) goes
+  into `Task.metric_options["variant"]`: "official" = the current official VQA script
+  (default), "openflamingo" normalizes every reference (kosmos' default for the raw answers
+  of VizWiz and TextVQA), "official_2016" the script before its 2021 fix.
+  `question_types` (VQAv2 annotations' "question_type", e.g. ["what color is the"]) keeps
+  only those test questions; demonstrations still come from the whole train split."""
   skipped: collections.Counter = collections.Counter()
   train = read_vqa(train_questions, train_images, annotations_path=train_annotations,
                    image_pattern=image_pattern, skipped=skipped)
@@ -149,4 +153,4 @@ def vqa_task(name: str, *, train_questions: str, train_images: str, test_questio
                      "give the annotations file of the train split")
   return Task(name=name, kind=VQA, metric="vqa_accuracy", template="vqa", train=train,
               test=test, skipped=skipped,
-              metric_options={"normalize_references": normalize_references})
+              metric_options={"variant": vqa_normalize.check_variant(vqa_metric)})
