@@ -132,7 +132,7 @@ def export_hf(src: str, out: str, *, step: int | None = None, max_shard_size: st
   # Scanned checkpoints hold [L, ...] arrays: read each once, its layers consecutively.
   reader = stack.LayerReader(lambda path, like: stream.read_param(params_dir, path, like), model)
   order = sorted(range(len(entries)), key=lambda i: reader.order(entries[i].kosmos))
-  entries, plan = [entries[i] for i in order], [plan[i] for i in order]
+  entries, plan = [entries[i] for i in order], [plan[i] for i in order] + plan[len(entries):]
   os.makedirs(out, exist_ok=True)
   writer = stream.ShardedWriter(out, plan, stream.parse_size(max_shard_size))
   for e in entries:

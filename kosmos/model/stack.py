@@ -94,7 +94,7 @@ def run(blocks: nnx.Module, x: Any, *args: Any, remat: str = "none", stop: int |
 
 
 def layer(blocks: nnx.Module, i: int) -> nnx.Module:
-  """Block i of a stack as an ordinary module (params sliced, not copied out of the graph)."""
+  """Block i of a stack as an ordinary module (its params sliced out of the stack)."""
   graphdef, state = _sliced(blocks, i, i + 1, frozen=False)
   return nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))
 
