@@ -91,3 +91,28 @@ def test_cudnn_off_gpu_and_bad_settings_fail_clearly():
   bad.decoder.remat = "some"
   with pytest.raises(ValueError, match="decoder.remat='some': unknown remat policy"):
     multimodal.Multimodal(bad, rngs=nnx.Rngs(0))
+
+
+def test_xpos_rotates_interleaved_pairs_with_the_decay():
+  """torchscale's XPOS: pairs (2i, 2i+1) rotated by p * theta_i, scaled by zeta_i^(p/base)
+  (keys by its inverse); written out pair by pair here."""
+  from kosmos.model import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 3, 8)).astype(np.float32)
+  positions = np.tile(np.arange(7) + 5, (2, 1))
+  k, base, center = 8, 512.0, 100
+  for downscale in (False, True):
+    got = np.asarray(layers.xpos(jnp.asarray(x), jnp.asarray(positions), scale_base=base,
+                                 downscale=downscale, center=center))
+    want = np.empty_like(x)
+    for i in range(k // 2):
+      zeta = (2 * i + 0.4 * k) / (1.4 * k)
+      theta = 10000 ** (-i / (k // 2))
+      p = positions[..., None].astype(np.float64)
+      scale = zeta ** ((p - center) / base)
+      scale = 1 / scale if downscale else scale
+      c, s = np.cos(p * theta) * scale, np.sin(p * theta) * scale
+      x0, x1 = x[..., 2 * i], x[..., 2 * i + 1]
+      want[..., 2 * i] = x0 * c - x1 * s
+      want[..., 2 * i + 1] = x1 * c + x0 * s
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
