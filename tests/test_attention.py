@@ -81,7 +81,7 @@ def test_cudnn_off_gpu_and_bad_settings_fail_clearly():
   with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU; this run's devices are 'cpu'"):
     model(tiny.batch(config))
   bad = _with(tiny.model_config(), "flash")
-  with pytest.raises(ValueError, match=r"decoder.attention='flash'.*valid: \['xla', 'splash', 'cudnn'\]"):
+  with pytest.raises(ValueError, match=r"decoder.attention='flash'.*valid: \['xla', 'splash', 'cudnn', 'auto'\]"):
     multimodal.Multimodal(bad, rngs=nnx.Rngs(0))
   bad = _with(tiny.model_config(), "splash")
   bad.decoder.attention_block = 100
@@ -91,6 +91,17 @@ def test_cudnn_off_gpu_and_bad_settings_fail_clearly():
   bad.decoder.remat = "some"
   with pytest.raises(ValueError, match="decoder.remat='some': unknown remat policy"):
     multimodal.Multimodal(bad, rngs=nnx.Rngs(0))
+
+
+def test_auto_picks_by_platform():
+  """auto: splash on TPU (also when compiling for TPU chips from a CPU host), xla on CPU."""
+  assert attention.resolve("auto", jnp.bfloat16) == attention.Impl.XLA  # tests run on CPU
+  assert attention.resolve("xla", jnp.bfloat16) == attention.Impl.XLA
+  config = _with(tiny.model_config(), "auto")
+  batch = tiny.batch(config)
+  model = multimodal.Multimodal(config, rngs=nnx.Rngs(0))
+  reference = multimodal.Multimodal(_with(tiny.model_config(), "xla"), rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(model(batch)[0], reference(batch)[0])
 
 
 def test_xpos_rotates_interleaved_pairs_with_the_decay():

@@ -65,3 +65,17 @@ def test_loops_are_found_and_counted_per_iteration(step):
   assert predict("flops") == pytest.approx(by4["flops"], rel=0.03)  # measured 1.9 %
   for key in ("bytes_accessed", "optimal_seconds"):
     assert predict(key) == pytest.approx(by4[key], rel=0.3), (key, predict(key), by4[key])
+
+
+def test_auto_attention_compiles_splash_for_tpu_and_counts_its_kernels():
+  config = train_fixture.config("/unused")
+  config.model.decoder.update(attention="auto", scan_layers=True, num_layers=3)
+  try:
+    report = compile_lib.compile_report(config, "v5p-8", loop_cost_variants=False)
+  except RuntimeError as e:  # pragma: no cover - libtpu absent
+    pytest.skip(f"libtpu cannot compile here: {e}")
+  names = {k["name"] for k in report["kernels"]["per_kernel"]}
+  assert any(n.startswith("splash_mha_fwd") for n in names), names
+  assert all(k["executions"] % 3 == 0 for k in report["kernels"]["per_kernel"])  # x3 layers
+  assert report["mfu_is_upper_bound"]  # the decoder loop was counted once (no variants)
+  assert "decoder.blocks[trained]" in report["xla_cost_per_chip"]["loops_counted_once"]

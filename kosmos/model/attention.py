@@ -8,6 +8,8 @@
           on a non-TPU backend it runs in Pallas interpret mode (tests, parity).
   cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: the fused cuDNN
           kernel on NVIDIA GPUs (bf16/fp16); a clear error elsewhere.
+  auto    splash on TPU, cudnn on GPU for bf16/fp16 activations, xla otherwise (the
+          platform of the active mesh's devices, so an AOT compile for TPU picks splash).
 
 Shapes: q [b, t, n, k], k / v [b, s, g, k] (g kv heads divide n: grouped-query), out
 [b, t, n, k]. Splash pads t to a multiple of its block size; padded keys get a segment
@@ -32,6 +34,7 @@ class Impl(str, enum.Enum):
   XLA = "xla"
   SPLASH = "splash"
   CUDNN = "cudnn"
+  AUTO = "auto"
 
 
 IMPLS = tuple(i.value for i in Impl)
@@ -41,7 +44,7 @@ _PAD_SEGMENT = -1  # segment id of splash's padding (real ids are >= 0)
 def check(name: str, field: str, block: int = 512) -> None:
   if name not in IMPLS:
     raise ValueError(f"{field}={name!r}: unknown attention implementation; valid: {list(IMPLS)}")
-  if name == Impl.SPLASH:
+  if name in (Impl.SPLASH, Impl.AUTO):
     check_block(block, field + "_block")
 
 
@@ -52,11 +55,25 @@ def _platform() -> str:
   return jax.default_backend()
 
 
+def resolve(impl: str, dtype) -> Impl:
+  """The implementation `impl` names on this run's platform ("auto" chooses)."""
+  impl = Impl(impl)
+  if impl != Impl.AUTO:
+    return impl
+  platform = _platform()
+  if platform == "tpu":
+    return Impl.SPLASH
+  if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return Impl.CUDNN
+  return Impl.XLA
+
+
 def attend(q_btnk: jax.Array, k_bsgk: jax.Array, v_bsgk: jax.Array, *, impl: str,
            mask_b1ts: jax.Array | None = None, segment_ids_bt: jax.Array | None = None,
            causal: bool = False, block: int = 512) -> jax.Array:
   """Attention of q over k/v by `impl`; xla/cudnn take `mask_b1ts`, splash takes
   `segment_ids_bt` (self-attention, s == t) and `causal`."""
+  impl = resolve(impl, q_btnk.dtype)
   if impl == Impl.SPLASH:
     return splash(q_btnk, k_bsgk, v_bsgk, segment_ids_bt, causal=causal, block=block)
   if impl == Impl.CUDNN:

@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
       xpos_scale_base=512.0, max_len=2048, norm_eps=1e-5, tie_embeddings=True,
       scale_embeddings=True, dtype="float32", param_dtype="float32",
       remat="none",  # kosmos.model.remat: none | full | dots | dots_all | qkv | qkv_attn ...
-      attention="xla",  # kosmos.model.attention: xla | splash (TPU) | cudnn (GPU)
+      attention="xla",  # kosmos.model.attention: xla | splash (TPU) | cudnn (GPU) | auto
       attention_block=512,  # splash block size (q and kv, forward and backward)
       scan_layers=False,  # blocks stacked [L, ...] and run under lax.scan (kosmos.model.stack)
       # Token embedding init std. torchscale (KOSMOS-1/2) uses d_model**-0.5, so that the
@@ -186,7 +186,8 @@ class Decoder(nnx.Module):
     scanned = stack_lib.is_stack(self.blocks)
     new_cache = []
     if cache is None:
-      splash = config.get("attention", "xla") == attention_lib.Impl.SPLASH
+      splash = attention_lib.resolve(config.get("attention", "xla"),
+                                     x_btd.dtype) == attention_lib.Impl.SPLASH
       mask = None if splash else layers.attention_mask(segment_ids_bt, segment_ids_bt, causal=True)
       if scanned:
         x_btd = stack_lib.run(self.blocks, x_btd, mask, positions_bt, segment_ids_bt,

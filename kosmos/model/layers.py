@@ -247,8 +247,9 @@ class Attention(nnx.Module):
       k = write(cache["k"], k.astype(cache["k"].dtype), cache_index_b)
       v = write(cache["v"], v.astype(cache["v"].dtype), cache_index_b)
       cache = {"k": k, "v": v}
-    splash = self.impl == attention_lib.Impl.SPLASH and cache is None and kv_bsd is None
-    impl = self.impl if splash or self.impl != attention_lib.Impl.SPLASH else attention_lib.Impl.XLA
+    impl = attention_lib.resolve(self.impl, q.dtype)
+    if impl == attention_lib.Impl.SPLASH and (cache is not None or kv_bsd is not None):
+      impl = attention_lib.Impl.XLA  # decoding and cross-attention: the mask path
     y = attention_lib.attend(q, k, v, impl=impl, mask_b1ts=mask_b1ts,
                              segment_ids_bt=segment_ids_bt, causal=self.causal, block=self.block)
     y = y.reshape(b, t, self.num_heads * self.head_dim)

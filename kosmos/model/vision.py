@@ -66,7 +66,7 @@ def default_config(size: str = "L/14", variant: str = "clip",
       pixel_std=(0.5,) * 3 if siglip else CLIP_STD,
       feature_layer=-1, feature_select="all", post_norm=True, l2_normalize=False,
       dtype="float32", param_dtype="float32", remat="none",  # kosmos.model.remat
-      attention="xla",  # xla | splash (TPU; 257 tokens are padded to its block) | cudnn
+      attention="xla",  # xla | splash (TPU; 257 tokens padded to its block) | cudnn | auto
       attention_block=512,
       scan_layers=False,  # blocks stacked and run under lax.scan (kosmos.model.stack)
   ))
