@@ -24,10 +24,15 @@ def get_config(arg=None):
   connector_config = connector.default_config("resampler", num_tokens=64)
   connector_config.update(width=1024, num_heads=16, depth=2)
   decoder_config = decoder.default_config()
+  # Pod plan (kosmos-compile --search; docs/performance.md "Pod efficiency"): scanned
+  # layers, splash attention on TPU ("auto": cuDNN on GPU, XLA on CPU), remat keeping the
+  # projections and the attention output, cross-entropy in 512-position chunks. The ViT
+  # keeps XLA attention: splash pads its 257 tokens to 384 and measured slower.
   decoder_config.update(family="magneto", vocab_size=64000, d_model=2048, num_layers=24,
                         num_heads=32, ffn_dim=8192, positions="xpos", max_len=2048,
-                        dtype="bfloat16", remat="full")
-  vision_config.update(dtype="bfloat16", remat="full")
+                        dtype="bfloat16", remat="dots_attn", attention="auto",
+                        scan_layers=True)
+  vision_config.update(dtype="bfloat16", remat="full", scan_layers=True)
   connector_config.update(dtype="bfloat16")
   config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
                                            decoder=decoder_config)
@@ -44,6 +49,7 @@ def get_config(arg=None):
                           weight=0.2 / 1.2),
   })
   config.optim.update(peak_lr=2e-4, warmup_steps=375, decay="linear", b1=0.9, b2=0.98,
+                      loss_chunk=512,
                       weight_decay=0.01,
                       # Vision frozen except its last block.
                       frozen=(r"^vision\.(?!blocks\.23\.|post_norm)",))

@@ -52,7 +52,7 @@ def get_config(arg=None):
   vision_config = vision.default_config("L/14", variant="clip", image_size=224)
   # LLaVA's (and kosmos-import's) choice for CLIP: penultimate layer, patch tokens only.
   vision_config.update(feature_layer=-2, feature_select="patch", post_norm=False,
-                       l2_normalize=False, dtype="bfloat16", remat="none")
+                       l2_normalize=False, dtype="bfloat16", remat="none", scan_layers=True)
   connector_config = connector.default_config("mlp")
   connector_config.update(num_heads=32, dtype="bfloat16")
   decoder_config = decoder.default_config()
@@ -60,7 +60,8 @@ def get_config(arg=None):
                         num_heads=32, num_kv_heads=32, head_dim=128, ffn_dim=11008,
                         positions="rope", position_offset=0, rope_theta=10000.0, max_len=4096,
                         norm_eps=1e-5, tie_embeddings=False, scale_embeddings=False,
-                        dtype="bfloat16", param_dtype="float32", remat="full")
+                        dtype="bfloat16", param_dtype="float32", remat="dots_attn",
+                        attention="auto", scan_layers=True)
   config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
                                            decoder=decoder_config)
   config.model.image_slot_id = VOCAB  # one past the vocabulary: never embedded
@@ -71,6 +72,7 @@ def get_config(arg=None):
                           vector_slot_id=-1, image_start_id=-1, image_end_id=-1)
 
   config.data.update(seq_len=2048, global_batch_size=512, max_images_per_row=6)
+  config.optim.loss_chunk = 512  # logits 512 positions at a time (kosmos.train.loss)
   config.data.sources = ml_collections.ConfigDict({
       "pair": dict(path="gs://BUCKET/records/pair", kind="pair", weight=0.5),
       "interleaved": dict(path="gs://BUCKET/records/interleaved", kind="interleaved", weight=0.3),

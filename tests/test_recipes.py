@@ -53,6 +53,9 @@ def _split(spec: str) -> tuple[dict, dict]:
   config = _load(spec)
   config.model.decoder.num_layers = LAYERS
   config.model.vision.depth = VISION_DEPTH
+  # Per-layer paths (the regexes are evaluated per layer on scanned stacks too:
+  # tests/test_scan.py), so the split reads as layers here.
+  config.model.decoder.scan_layers = config.model.vision.scan_layers = False
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   run = step.setup(config, mesh)
   return _paths(run.abstract_state.params), _paths(run.abstract_state.frozen)

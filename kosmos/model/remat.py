@@ -8,6 +8,8 @@ policy applies to one block (inside the layer scan when `scan_layers` is on).
   full          keep nothing but the block's input: the forward runs twice
   dots          keep matmul outputs without batch dims (projections, MLP; not attention
                 scores) -- MaxText's "minimal"
+  dots_attn     dots, and the attention output with the kernel's residuals: a splash
+                kernel's forward is not run again in the backward pass
   dots_all      keep every matmul output, attention scores included
   qkv           keep the q, k, v projections (after rotary)
   qkv_attn      ... and the attention output with the kernel's residuals: attention is
@@ -37,7 +39,7 @@ _NAMES = {
     "qkv_attn_out": (QUERY, KEY, VALUE, ATTENTION, ATTENTION_RESIDUALS, OUT_PROJ),
     "mlp": (MLP_HIDDEN, MLP_OUT),
 }
-POLICIES = ("none", "full", "dots", "dots_all") + tuple(_NAMES)
+POLICIES = ("none", "full", "dots", "dots_attn", "dots_all") + tuple(_NAMES)
 
 
 def policy(name: str) -> Any:
@@ -48,6 +50,10 @@ def policy(name: str) -> Any:
     return jax.checkpoint_policies.nothing_saveable
   if name == "dots":
     return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  if name == "dots_attn":
+    return jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(ATTENTION, ATTENTION_RESIDUALS))
   if name == "dots_all":
     return jax.checkpoint_policies.checkpoint_dots
   if name in _NAMES:
