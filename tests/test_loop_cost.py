@@ -79,3 +79,14 @@ def test_auto_attention_compiles_splash_for_tpu_and_counts_its_kernels():
   assert all(k["executions"] % 3 == 0 for k in report["kernels"]["per_kernel"])  # x3 layers
   assert report["mfu_is_upper_bound"]  # the decoder loop was counted once (no variants)
   assert "decoder.blocks[trained]" in report["xla_cost_per_chip"]["loops_counted_once"]
+
+
+def test_a_cost_model_that_counts_less_than_the_model_flops_gives_an_upper_bound():
+  """The analytic FLOPs are a floor on a chip's work: fewer counted means missed work."""
+  step_time = compile_lib._step_time  # pylint: disable=protected-access
+  kernels = {"seconds": 0.1, "uncounted": [], "flops": 1e12, "unknown_trip_counts": []}
+  ok = step_time({"optimal_seconds": 1.0, "flops": 9e12}, 1e14, 8 * 1e13, 8, True, kernels)
+  assert not ok["mfu_is_upper_bound"] and ok["mfu"] == pytest.approx(1e13 / (1.1 * 1e14))
+  short = step_time({"optimal_seconds": 1.0, "flops": 2e12}, 1e14, 8 * 1e13, 8, True, kernels)
+  assert short["mfu_is_upper_bound"] and short["counted_flops_vs_model"] == pytest.approx(0.3)
+  assert "0.30x the model's 1e+13" in short["mfu_reason"]

@@ -177,7 +177,10 @@ def _run(pending: list[Candidate], config_spec: str, topology: str, base: Sequen
 def _key(cand: Candidate) -> tuple:
   order = {"fits": 0, "does not fit": 1, "failed": 2, "skipped": 3}[cand.status]
   mfu = (cand.report or {}).get("mfu")
-  return (order, -(mfu if mfu is not None else -1.0))
+  # A plan whose MFU is only an upper bound (work the cost model missed) ranks after the
+  # plans whose figure holds.
+  bound = bool((cand.report or {}).get("mfu_is_upper_bound"))
+  return (order, bound, -(mfu if mfu is not None else -1.0))
 
 
 def format_table(ranked: list[Candidate], dims: Sequence[str]) -> str:
