@@ -26,16 +26,19 @@ token (slots are never embedded). For the same reason
 image token; llava-hf pads the vocabulary to 32064): export with `--format params`, or start
 from an imported llava-hf checkpoint (vocabulary 32064, slot 32000), which exports both ways.
 
-Compute in bfloat16 with float32 master weights and AdamW moments, full remat in the decoder
-(the ViT is frozen and first, so it needs no backward pass and no remat). Mesh: all chips
-on fsdp (ZeRO-3 style; 7B x 12 bytes of state spread over the slice). Batch: 512 rows of
-2048 tokens (1M tokens per step), up to 6 images per row.
+Compute in bfloat16 with float32 master weights and AdamW moments; the decoder's 32 layers
+and the ViT's are scanned (`scan_layers`), attention is splash on TPU (`auto`), the decoder
+keeps its projections and attention outputs for the backward pass (remat `dots_attn`; the
+ViT is frozen and first, so it needs no backward pass and no remat), and the loss makes its
+logits 512 positions at a time. Mesh: all chips on fsdp (ZeRO-3 style; 7B x 12 bytes of
+state spread over the slice). Batch: 512 rows of 2048 tokens (1M tokens per step), up to 6
+images per row.
 
 Expected (`kosmos-compile ... --topology v5p-256` on a 2-core CPU host, libtpu 0.0.42.1,
-2026-11-23; docs/performance.md "Pod-scale compile reports"): mesh fsdp=128, per chip
-argument 0.60 GiB + temporary 19.37 GiB + code 1.77 GiB = 21.74 GiB of 95 GiB (fits),
-XLA 4.477e14 FLOPs per chip, XLA-estimated step 1.612 s, predicted MFU 46.3 %
-(analytic 4.385e16 FLOPs per step); the compile took 7 min and 10-12 GB of host RAM.
+2026-12-05; docs/performance.md "Pod efficiency"): mesh fsdp=128, per chip 29.16 GiB of
+95 GiB (temporaries 28.48 GiB), XLA 3.254e14 + splash kernels 2.474e13 FLOPs per chip,
+predicted step 1.207 s, MFU 61.9 % (analytic 4.385e16 FLOPs per step); the step compiled
+in 310 s beside other compiles, plus two loop-cost variants.
 """
 
 import ml_collections
