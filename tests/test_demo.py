@@ -126,7 +126,10 @@ def _check_outputs(out: str, summary: dict) -> None:
   export = summary["export"]
   assert export["class"] == "Kosmos2ForConditionalGeneration"
   assert export["tokens_equal"], (export["jax_tokens"], export["hf_tokens"])
-  assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(export["files"])
+  assert {"config.json", "model.safetensors"} <= set(export["files"])
+      # The demo's tokenizer is SentencePiece BPE, which transformers' tokenizer files do not
+      # reproduce id for id (kosmos.interop.hf_tokenizer): the export writes none and says so.
+      assert "tokenizer_config.json" not in export["files"]
 
 
 def _by_shots(result: dict, key: str = "mean") -> dict[int, float]:
