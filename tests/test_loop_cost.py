@@ -90,3 +90,11 @@ def test_a_cost_model_that_counts_less_than_the_model_flops_gives_an_upper_bound
   short = step_time({"optimal_seconds": 1.0, "flops": 2e12}, 1e14, 8 * 1e13, 8, True, kernels)
   assert short["mfu_is_upper_bound"] and short["counted_flops_vs_model"] == pytest.approx(0.3)
   assert "0.30x the model's 1e+13" in short["mfu_reason"]
+
+
+def test_figures_xla_does_not_give_are_not_extrapolated():
+  loops = [loop_cost.Loop("decoder.blocks[trained]", 24, ("decoder", "blocks"), 1)]
+  base = {"flops": 10.0, "optimal_seconds": -1.0}
+  variant = {"flops": 12.0, "optimal_seconds": -1.0}
+  out = loop_cost.corrected(base, {"decoder.blocks[trained]": variant}, loops)
+  assert out["flops"] == 10.0 + 23 * 2.0 and "optimal_seconds" not in out

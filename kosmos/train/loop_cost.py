@@ -98,7 +98,8 @@ def corrected(base: dict[str, float], variants: dict[str, dict[str, float]],
   measured from its variant already holds each inner stack's body once.
   """
   accum = next((l.iterations for l in found if not l.path), 1)
-  out = {k: base.get(k, 0.0) for k in KEYS if k in base}
+  # A figure XLA does not give (v5e: optimal_seconds is negative) is not extrapolated.
+  out = {k: base[k] for k in KEYS if base.get(k, -1.0) >= 0}
   per_iteration = {}
   for loop in found:
     extra = counted_bodies(loop.iterations, unroll) - counted_bodies(loop.iterations, 1)
