@@ -127,9 +127,9 @@ def _check_outputs(out: str, summary: dict) -> None:
   assert export["class"] == "Kosmos2ForConditionalGeneration"
   assert export["tokens_equal"], (export["jax_tokens"], export["hf_tokens"])
   assert {"config.json", "model.safetensors"} <= set(export["files"])
-      # The demo's tokenizer is SentencePiece BPE, which transformers' tokenizer files do not
-      # reproduce id for id (kosmos.interop.hf_tokenizer): the export writes none and says so.
-      assert "tokenizer_config.json" not in export["files"]
+  # The demo's tokenizer is SentencePiece BPE, which transformers' tokenizer files do not
+  # reproduce id for id (kosmos.interop.hf_tokenizer): the export writes none and says so.
+  assert "tokenizer_config.json" not in export["files"]
 
 
 def _by_shots(result: dict, key: str = "mean") -> dict[int, float]:
