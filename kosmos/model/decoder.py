@@ -175,7 +175,7 @@ class Decoder(nnx.Module):
     tokens are written at `cache_index_b` (positions give the causal order).
     Returns (logits [b, t, vocab] float32, aux {"hidden": final normed states}); with
     `return_logits=False` the logits are None (the trainer's chunked loss projects the
-    hidden states itself, `head_weight`).
+    hidden states itself, `logits`).
     """
     config = self.config
     x_btd = x_btd * jnp.asarray(self.embed_scale, x_btd.dtype)
@@ -208,12 +208,6 @@ class Decoder(nnx.Module):
     if cache is not None:
       aux["cache"] = new_cache
     return (self.logits(hidden) if return_logits else None), aux
-
-  def head_weight(self) -> jax.Array:
-    """The output projection as [d, vocab] (the embedding table transposed when tied)."""
-    if self.lm_head is None:
-      return self.embed_tokens.embedding[...].T
-    return self.lm_head.kernel[...]
 
   def logits(self, hidden_btd: jax.Array) -> jax.Array:
     """Final hidden states -> logits [b, t, vocab] float32."""
