@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
 from jax.sharding import PartitionSpec
 
 from kosmos import sharding
@@ -110,22 +111,23 @@ def splash_block(t: int, block: int) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _kernel(heads: int, t: int, block: int, causal: bool, interpret: bool):
-  # pylint: disable=g-import-not-at-top
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks  # pylint: disable=g-import-not-at-top
   one = masks.CausalMask((t, t)) if causal else masks.FullMask((t, t))
   sizes = kernel.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                             block_q_dq=block, block_kv_dq=block)
-  return kernel.make_splash_mha(masks.MultiHeadMask([one] * heads), block_sizes=sizes,
-                                head_shards=1, q_seq_shards=1, interpret=interpret,
-                                residual_checkpoint_name=remat_lib.ATTENTION_RESIDUALS)
+  # The kernel holds its block masks as arrays and is cached across traces: build them as
+  # constants even when the first call happens inside a trace (a scan body), or the cache
+  # would hand that trace's tracers to the next one.
+  with jax.ensure_compile_time_eval():
+    return kernel.make_splash_mha(masks.MultiHeadMask([one] * heads), block_sizes=sizes,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret,
+                                  residual_checkpoint_name=remat_lib.ATTENTION_RESIDUALS)
 
 
 def splash(q_btnk: jax.Array, k_btgk: jax.Array, v_btgk: jax.Array,
            segment_ids_bt: jax.Array | None, *, causal: bool, block: int) -> jax.Array:
   """Splash attention [b, t, n, k] (self-attention: keys at the queries' positions)."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel  # pylint: disable=g-import-not-at-top
   b, t, n, d = q_btnk.shape
   if k_btgk.shape[1] != t:
     raise ValueError(f"splash attention is self-attention only: {t} queries, "
