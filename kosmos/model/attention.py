@@ -24,7 +24,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
 from jax.sharding import PartitionSpec
 
 from kosmos import sharding
@@ -109,9 +108,17 @@ def splash_block(t: int, block: int) -> int:
   return min(block, _round_up(t, LANES))
 
 
+def _splash_modules():
+  """The Pallas splash modules, imported on first use (about 1 s: not at kosmos import)."""
+  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask
+  return splash_attention_kernel, splash_attention_mask
+
+
 @functools.lru_cache(maxsize=64)
 def _kernel(heads: int, t: int, block: int, causal: bool, interpret: bool):
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks  # pylint: disable=g-import-not-at-top
+  kernel, masks = _splash_modules()
   one = masks.CausalMask((t, t)) if causal else masks.FullMask((t, t))
   sizes = kernel.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
@@ -146,6 +153,8 @@ def splash(q_btnk: jax.Array, k_btgk: jax.Array, v_btgk: jax.Array,
     q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
     seg = jnp.pad(seg, [(0, 0), (0, padded - t)], constant_values=_PAD_SEGMENT)
   interpret = _platform() != "tpu"
+
+  kernel = _splash_modules()[0]
 
   def local(q, k, v, seg):
     fn = _kernel(q.shape[1], padded, blk, causal, interpret)
