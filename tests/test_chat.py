@@ -162,10 +162,11 @@ def test_encode_loss_covers_answers_and_end_of_turn():
     assert enc.tokens[at:at + len(span)].tolist() == span
     got = tok.decode(enc.tokens[enc.loss == 1]) + "|" * int((enc.tokens[enc.loss == 1]
                                                             == tok.eos_id).sum())
-    after = t.assistant.split("{message}")[1]
+    before, after = t.assistant.split("{message}")
+    lead = before[len(before.rstrip(" ")):]  # "ASSISTANT: " -> " ": the answer's
     end = after.replace("{eos}", "")
     eos = "|" if "{eos}" in after else ""
-    assert got == "An ad." + end + "Red." + end + eos * 2, name
+    assert got == lead + "An ad." + end + lead + "Red." + end + eos * 2, name
 
 
 def test_from_config_and_defaults():
@@ -177,3 +178,30 @@ def test_from_config_and_defaults():
     chat.get("vicuna_v9")
   with pytest.raises(ValueError, match="must hold"):
     chat.get("kosmos", user="no placeholder")
+
+
+def test_sentencepiece_answers_tokenize_as_in_the_whole_string(tmp_path):
+  """With a Llama-layout SentencePiece model (dummy prefix), the ids of a rendered turn are
+  those of the whole string, as LLaVA tokenizes it: the answer is "▁Red", not "▁", "▁Red"."""
+  import sentencepiece as spm
+  import tiny_spm
+  prefix = str(tmp_path / "llama_like")
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(tiny_spm.sentences() + ["USER: ASSISTANT: A chat"] * 20),
+      model_prefix=prefix, vocab_size=400, model_type="unigram", unk_id=0, bos_id=1, eos_id=2,
+      pad_id=-1, byte_fallback=True, hard_vocab_limit=False, minloglevel=2)
+  config = defaults.tokenizer()
+  config.update(path=prefix + ".model", pad_id=0, unk_id=0, bos_id=1, eos_id=2,
+                image_start_id=-1, image_end_id=-1, image_slot_id=700, vector_slot_id=-1)
+  tok = tokenizer_lib.load(config)
+  t = chat.get("llava_v1", system="the cat sat")
+  segments = conversation(("user", ["red houses"]), ("assistant", ["blue skies, 12!"]))
+  enc = chat.encode(t, segments, tok, 4)
+  whole = tok.encode("the cat sat USER: red houses ASSISTANT: blue skies, 12!")
+  assert enc.tokens.tolist() == [tok.bos_id] + whole + [tok.eos_id]
+  prompt = tok.encode("the cat sat USER: red houses ASSISTANT:")
+  assert whole[:len(prompt)] == prompt
+  assert enc.loss.tolist() == [0] * (1 + len(prompt)) + [1] * (len(whole) - len(prompt) + 1)
+  # The open turn (generation prompt) is exactly the training prompt's ids.
+  open_turn = chat.encode(t, segments[:-1], tok, 4)
+  assert open_turn.tokens.tolist() == [tok.bos_id] + prompt

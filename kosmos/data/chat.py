@@ -7,8 +7,9 @@ format strings (plain text with placeholders, substituted literally, not str.for
     user        one user turn; {message} is the turn's text and images
     first_user  the first user turn when it differs (Llama-2 wraps the system prompt into
                 it); "" = `user`
-    assistant   one assistant turn; from {message} on (the answer and the end of turn
-                after it) the tokens carry loss, the text before it is prompt
+    assistant   one assistant turn; the text before {message} is prompt, except its
+                trailing spaces: they, the answer and the end of turn after it carry loss
+                (an open turn for generation ends before those spaces: "ASSISTANT:")
     image       the text around each image span, {image} the span (MiniGPT-4: <Img>..</Img>)
     stop        a string that ends a generated answer besides `</s>` ("" = none)
 
@@ -166,7 +167,10 @@ def render(template: ChatTemplate, segments: Sequence[dict[str, Any]]) -> list[P
     if answer and not content and index == len(conversation) - 1:
       pieces += _markup(before.rstrip(" "), template, False)
       break
-    pieces += _markup(before, template, False)
+    prompt = before.rstrip(" ")
+    pieces += _markup(prompt, template, False)
+    if before != prompt:  # "ASSISTANT: " + answer: the space is the answer's first character
+      pieces.append(("text", before[len(prompt):], answer))
     image_before, image_after = template.image.split(IMAGE)
     for segment in content:
       if "image" in segment:
