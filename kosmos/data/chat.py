@@ -195,6 +195,27 @@ def render_text(template: ChatTemplate, segments: Sequence[dict[str, Any]],
                  for kind, value, _ in render(template, segments))
 
 
+def prompt_segments(template: ChatTemplate,
+                    segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """A conversation rendered as prompt segments (`{"text"}` / `{"image"}`, adjacent texts
+  merged) for `kosmos.infer.engine`, which adds `<s>`; `encode` gives the same ids when each
+  text segment tokenizes alone as `encode` tokenizes it. Raises ValueError when the
+  rendering holds `<s>` / `</s>` (several turns of templates that end turns with them)."""
+  out: list[dict[str, Any]] = []
+  for kind, value, _ in render(template, segments):
+    if kind == "text":
+      if out and "text" in out[-1]:
+        out[-1] = {"text": out[-1]["text"] + value}
+      else:
+        out.append({"text": value})
+    elif kind == "image":
+      out.append({"image": value})
+    else:
+      raise ValueError(f"chat template {template.name!r} puts a <{kind}> token inside this "
+                       "conversation; it has no prompt-segment form (use `encode`)")
+  return out
+
+
 @dataclasses.dataclass
 class Encoded:
   """tokens int32 [l] (from `<s>`), loss uint8 [l] (1 where the token is a target that
