@@ -8,14 +8,12 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 from flax import nnx
 
 import image_files
 import tiny
 from kosmos import configs
-from kosmos import defaults
 from kosmos import workdir as workdir_lib
 from kosmos.data import chat as chat_lib
 from kosmos.data import records
@@ -64,15 +62,19 @@ def _chat_json(capsys, argv):
 
 @pytest.fixture(scope="module")
 def tiny_workdir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tiny"))
-  config = defaults.base()
-  config.model = tiny.model_config("llama", "mlp")
-  config.model.decoder.update(vocab_size=tokenizer_lib.BYTE_VOCAB_SIZE, max_len=160)
-  config.tokenizer.chat_template = chat_lib.config("llava_v1", system="Be brief.")
-  model = multimodal.Multimodal(config.model, rngs=nnx.Rngs(1))
-  workdir_lib.save_config(config, directory)
-  workdir_lib.save_params(directory, 1, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  return directory
+  return tiny.byte_workdir(str(tmp_path_factory.mktemp("tiny")), max_len=160, seed=1,
+                           chat_template=chat_lib.config("llava_v1", system="Be brief."))
+
+
+def _eval_engine(workdir, template, image, question, max_new_tokens):
+  """(the prompt's segments, `Engine.generate`'s Generation): what kosmos-eval runs."""
+  config = workdir_lib.load_config(workdir)
+  _, params = workdir_lib.restore_params(workdir)
+  engine = engine_lib.Engine(runner.build_model(config, params), config)
+  with open(image, "rb") as f:
+    segments = chat_lib.prompt_segments(chat_lib.get(template), [
+        {"turn": "user"}, {"image": f.read()}, {"text": question}, {"turn": "assistant"}])
+  return engine, segments, engine.generate([segments], max_new_tokens=max_new_tokens)[0]
 
 
 @pytest.mark.slow
@@ -86,14 +88,8 @@ def test_prompt_on_demo_model_equals_kosmos_eval(demo_workdir, image, tmp_path, 
   assert got["template"] == "kosmos" and got["images"] == [image]
   assert 1 <= len(got["tokens"]) <= 8
   # The same prompt through the eval engine (`Engine.generate`, what kosmos-eval runs).
-  config = workdir_lib.load_config(demo_workdir)
-  _, params = workdir_lib.restore_params(demo_workdir)
-  engine = engine_lib.Engine(runner.build_model(config, params), config)
-  with open(image, "rb") as f:
-    segments = chat_lib.prompt_segments(chat_lib.get("kosmos"), [
-        {"turn": "user"}, {"image": f.read()}, {"text": question}, {"turn": "assistant"}])
+  engine, segments, generated = _eval_engine(demo_workdir, "kosmos", image, question, 8)
   assert segments[0] == {"text": "Question: "} and segments[-1] == {"text": question + " Answer:"}
-  generated = engine.generate([segments], max_new_tokens=8)[0]
   assert got["tokens"] == generated.tokens
   assert got["prompt_tokens"] == len(engine.encode(segments).tokens)
   # And through kosmos-eval itself: POPE asked as a chat turn, the question as the message.
@@ -184,11 +180,5 @@ def test_prompt_on_imported_llava_equals_the_eval_engine(image, tmp_path, capsys
   got = _chat_json(capsys, ["--workdir", wd, "--template", "llava_v1", "--image", image,
                             "--prompt", question, "--max-new-tokens", "6"])
   assert got["template"] == "llava_v1" and 1 <= len(got["tokens"]) <= 6
-  config = workdir_lib.load_config(wd)
-  _, params = workdir_lib.restore_params(wd)
-  engine = engine_lib.Engine(runner.build_model(config, params), config)
-  with open(image, "rb") as f:
-    segments = chat_lib.prompt_segments(chat_lib.get("llava_v1"), [
-        {"turn": "user"}, {"image": f.read()}, {"text": question}, {"turn": "assistant"}])
-  generated = engine.generate([segments], max_new_tokens=6)[0]
+  _, _, generated = _eval_engine(wd, "llava_v1", image, question, 6)
   assert got["tokens"] == generated.tokens and got["answer"] == generated.text

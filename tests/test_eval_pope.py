@@ -4,20 +4,14 @@ end through kosmos-eval on POPE-format files this test writes."""
 import json
 import os
 
-import numpy as np
 import pytest
-from flax import nnx
 
 import image_files
 import tiny
-from kosmos import defaults
-from kosmos import workdir as workdir_lib
 from kosmos.data import chat
-from kosmos.data import tokenizer as tokenizer_lib
 from kosmos.eval import main as eval_main
 from kosmos.eval import metrics
 from kosmos.eval import tasks as tasks_lib
-from kosmos.model import multimodal
 
 
 @pytest.mark.parametrize("text, want", [
@@ -90,15 +84,8 @@ def test_pope_task_loader(tmp_path):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("wd"))
-  config = defaults.base()
-  config.model = tiny.model_config("llama", "mlp")
-  config.model.decoder.update(vocab_size=tokenizer_lib.BYTE_VOCAB_SIZE, max_len=256)
-  config.tokenizer.chat_template = chat.config("llava_v1")
-  model = multimodal.Multimodal(config.model, rngs=nnx.Rngs(0))
-  workdir_lib.save_config(config, directory)
-  workdir_lib.save_params(directory, 3, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  return directory
+  return tiny.byte_workdir(str(tmp_path_factory.mktemp("wd")),
+                           chat_template=chat.config("llava_v1"), max_len=256, step=3)
 
 
 def test_pope_through_kosmos_eval_chat(workdir, tmp_path):

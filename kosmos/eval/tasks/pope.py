@@ -19,10 +19,9 @@ split, so no demonstrations are shown at any shot count (`--shots 0`).
 from __future__ import annotations
 
 import collections
-import json
 import os
 
-from kosmos.eval.tasks.example import VQA, Example, Task, check_unique_ids
+from kosmos.eval.tasks.example import VQA, Example, Task, check_unique_ids, read_jsonl
 from kosmos.eval import metrics
 
 SPLITS = ("random", "popular", "adversarial")
@@ -31,27 +30,19 @@ LABELS = ("yes", "no")
 
 def read_pope(path: str, image_dir: str, skipped: collections.Counter) -> list[Example]:
   out = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        skipped["bad_json_line"] += 1
-        continue
-      label = row.get("label") if isinstance(row, dict) else None
-      if label not in LABELS or not isinstance(row.get("text"), str) or "image" not in row:
-        skipped["bad_pope_row"] += 1
-        continue
-      image = os.path.join(image_dir, str(row["image"]))
-      if not os.path.exists(image):
-        skipped["missing_image"] += 1
-        continue
-      question = row["text"].strip()
-      out.append(Example(id=str(row.get("question_id", len(out))),
-                         fields={"question": question, "answer": label, "first_answer": label},
-                         references=(label,), image_paths=(image,)))
+  for _, row in read_jsonl(path, skipped):
+    label = row.get("label") if isinstance(row, dict) else None
+    if label not in LABELS or not isinstance(row.get("text"), str) or "image" not in row:
+      skipped["bad_pope_row"] += 1
+      continue
+    image = os.path.join(image_dir, str(row["image"]))
+    if not os.path.exists(image):
+      skipped["missing_image"] += 1
+      continue
+    out.append(Example(id=str(row.get("question_id", len(out))),
+                       fields={"question": row["text"].strip(), "answer": label,
+                               "first_answer": label},
+                       references=(label,), image_paths=(image,)))
   check_unique_ids(out, path)
   if not out:
     raise ValueError(f"{path}: no usable POPE questions (skipped: {dict(skipped)})")
