@@ -58,7 +58,7 @@ def tokenizer() -> ml_collections.ConfigDict:
 
 def data() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      # name -> {path: record dir, kind: text|pair|interleaved, weight: token share}
+      # name -> {path: record dir, kind: text|pair|interleaved|conversation, weight: token share}
       sources={},
       seq_len=2048,
       global_batch_size=8,
