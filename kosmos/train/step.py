@@ -45,7 +45,7 @@ from kosmos.train import optimizer as optimizer_lib
 # Keys of the batch that go to the device (the rest, e.g. data_stats, stays on the host).
 DEVICE_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images",
                "image_mask", "vectors", "vector_mask", "kind_ids")
-KINDS = tuple(packing.KIND_IDS)  # text, pair, interleaved
+KINDS = tuple(packing.KIND_IDS)  # text, pair, interleaved, conversation
 
 
 @flax.struct.dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -104,3 +105,18 @@ def check_unique_ids(examples: Sequence[Example], where: str) -> None:
   dupes = [i for i, c in counts.items() if c > 1]
   if dupes:
     raise ValueError(f"{where}: duplicate example ids, e.g. {dupes[:3]!r}")
+
+
+def read_jsonl(path: str, skipped: collections.Counter) -> list[tuple[int, dict]]:
+  """(line number, object) of each non-blank line; undecodable lines are counted in
+  `skipped["bad_json_line"]`."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append((lineno, json.loads(line)))
+      except json.JSONDecodeError:
+        skipped["bad_json_line"] += 1
+  return rows
