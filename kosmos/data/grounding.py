@@ -248,9 +248,10 @@ class Grounding:
       at = match.end()
     return out + self.tok.encode(text[at:])
 
-  def decode(self, ids: Iterable[int]) -> str:
+  def decode(self, ids: Iterable[int], continuation: bool = False) -> str:
     """Tagged text of ids (specials skipped), spaced as transformers decodes Kosmos-2 output:
-    a word-initial piece after a tag keeps its space (`of<phrase> a snowman</phrase>`)."""
+    a word-initial piece after a tag keeps its space (`of<phrase> a snowman</phrase>`), and
+    so does the first one when `continuation` (ids that continue a prompt)."""
     out: list[str] = []
     run: list[int] = []
 
@@ -258,7 +259,7 @@ class Grounding:
       if run:
         space_before = getattr(self.tok, "space_before", None)
         text = self.tok.decode(run)
-        if out and text and space_before is not None and space_before(run[0]):
+        if (out or continuation) and text and space_before is not None and space_before(run[0]):
           text = " " + text
         out.append(text)
         run.clear()
