@@ -134,9 +134,10 @@ def resize_crop(im: Image.Image, image_size: int) -> np.ndarray:
 MIN_VISIBLE_FRACTION = 0.5
 
 
-def crop_box(box, width: int, height: int, image_size: int):
+def crop_box(box, width: int, height: int, image_size: int,
+             min_visible: float = MIN_VISIBLE_FRACTION):
   """A box normalised on a width x height image -> normalised on its `resize_crop`, clipped
-  to the crop; None when less than `MIN_VISIBLE_FRACTION` of its area remains visible."""
+  to the crop; None when less than `min_visible` of its area (and at least some) remains."""
   new_w, new_h, left, top = _window(width, height, image_size)
   x1, y1, x2, y2 = (float(v) for v in box)
   x1, x2 = (x1 * new_w - left) / image_size, (x2 * new_w - left) / image_size
@@ -144,6 +145,15 @@ def crop_box(box, width: int, height: int, image_size: int):
   area = (x2 - x1) * (y2 - y1)
   c = [min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2)]
   visible = max(c[2] - c[0], 0.0) * max(c[3] - c[1], 0.0)
-  if area <= 0 or visible < MIN_VISIBLE_FRACTION * area:
+  if area <= 0 or visible <= 0 or visible < min_visible * area:
     return None
   return tuple(c)
+
+
+def uncrop_box(box, width: int, height: int, image_size: int):
+  """The inverse of `crop_box` (without clipping): a box normalised on the crop of a
+  width x height image -> normalised on the whole image."""
+  new_w, new_h, left, top = _window(width, height, image_size)
+  x1, y1, x2, y2 = (float(v) for v in box)
+  return ((x1 * image_size + left) / new_w, (y1 * image_size + top) / new_h,
+          (x2 * image_size + left) / new_w, (y2 * image_size + top) / new_h)

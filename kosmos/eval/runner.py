@@ -12,6 +12,11 @@ vision features or on another tower's, `kosmos.eval.rices_towers`), builds promp
     vqa              greedy, 5 new tokens, first short answer, VQA accuracy
     classification,  rank classification: sum log-likelihood of each class / choice after
     multiple_choice  the prompt (kosmos.infer.score); accuracy, or ROC AUC on P(class 1)
+    grounding        greedy, 8 new tokens, the first box linked to the query's phrase in
+                     pixels (kosmos.eval.grounding), accuracy at IoU >= 0.5 (box_accuracy)
+
+Examples with boxes (grounding, referring expression generation) need a model with location
+tokens (`config.tokenizer.grounding`); their boxes enter prompts as location tokens.
 
 Returns {"rows": [{"shots", "values" per trial, "mean", "std"}], "predictions": ...}.
 Processes split the queries (process i takes queries i::P; the Engine agrees on batch
@@ -35,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from kosmos.eval import demos as demos_lib
+from kosmos.eval import grounding as grounding_eval
 from kosmos.eval import metrics
 from kosmos.eval import prompts as prompts_lib
 from kosmos.eval import protocols as protocols_lib
@@ -52,6 +58,7 @@ class Settings:
   caption_tokens: int = 20
   vqa_beams: int = 1
   vqa_tokens: int = 5
+  grounding_tokens: int = 8  # <object> <patch_index_a> <patch_index_b> </object> </s> + slack
   length_penalty: float = 0.0
   batch_size: int = 8
   stop_strings: tuple[str, ...] = ()
@@ -121,8 +128,15 @@ def _local_indices(num_queries: int) -> list[int]:
   return list(range(jax.process_index(), num_queries, jax.process_count()))
 
 
-def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> float:
-  """The task metric (x100) from saved predictions (see `run_trial` for their keys)."""
+def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]],
+                      metric_options: dict | None = None) -> float:
+  """The task metric (x100) from saved predictions (see `run_trial` for their keys), with
+  `metric_options` in place of the task's (for `Task.extra_metrics`)."""
+  if metric_options is not None:
+    task = dataclasses.replace(task, metric_options=dict(metric_options))
+  if task.kind == tasks_lib.GROUNDING:
+    return metrics.score(metrics.BOX_ACCURACY, [p["prediction"] for p in predictions],
+                         [p["boxes"] for p in predictions], **task.metric_options)
   if task.kind == tasks_lib.CAPTION:
     return metrics.score(metrics.CIDER, {p["id"]: p["prediction"] for p in predictions},
                          {p["id"]: p["references"] for p in predictions}, **task.metric_options)
@@ -165,6 +179,15 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
   protocol = protocols_lib.get_protocol(protocol)
   template = prompts_lib.get_template(task.template, task.template_overrides)
   classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
+  sizes: dict[str, tuple[int, int]] = {}
+  if any(q.boxes for q in queries):
+    if engine.grounding is None:
+      raise ValueError(f"task {task.name!r} shows or asks for boxes: the model needs location "
+                       "tokens (config.tokenizer.grounding.grid > 0, e.g. configs/kosmos2.py "
+                       "or an imported Kosmos-2)")
+    boxed = lambda examples: grounding_eval.with_objects(  # noqa: E731
+        examples, engine.image_size, engine.grounding.grid, sizes)
+    queries, demos = boxed(queries), [boxed(d) for d in demos]
   built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
                                     else (), text_only_demos=text_only)
            for q, d in zip(queries, demos)]
@@ -180,6 +203,13 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
       out.append({"id": q.id, "prediction": int(np.argmax(logprobs)), "logprobs": logprobs,
                   "label": q.label})
     return out
+  if task.kind == tasks_lib.GROUNDING:
+    gens = engine.generate([b.segments for b in built], max_new_tokens=settings.grounding_tokens,
+                           batch_size=settings.batch_size, stop_strings=settings.stop_strings,
+                           progress=progress)
+    return [grounding_eval.prediction(q, b.segments[-1].get("text", ""), g.tagged, sizes[q.id],
+                                      engine.image_size, engine.grounding.grid)
+            for q, b, g in zip(queries, built, gens)]
   caption = task.kind == tasks_lib.CAPTION
   gens = engine.generate(
       [b.segments for b in built],
@@ -251,6 +281,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     fixed_demos = task.demos_for is not None
     shot_trials = 1 if fixed_demos or by_rices(shot) else trials
     values, shot_predictions = [], []
+    extra_values: dict[str, list[float]] = {}
     for trial in range(shot_trials):
       if fixed_demos:
         demos = [task.demos_for(q, k) for q in local]
@@ -264,12 +295,17 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
                         protocol=protocol)
       preds = _allgather_json(preds)
       values.append(score_predictions(task, preds))
+      for name, options in task.extra_metrics.items():
+        extra_values.setdefault(name, []).append(score_predictions(task, preds, options))
       shot_predictions.append(preds)
     mean, std = metrics.mean_std(values)
+    extra = {name: dict(zip(("values", "mean", "std"), (v,) + metrics.mean_std(v)))
+             for name, v in extra_values.items()}
     source = "task" if fixed_demos else ("rices" if by_rices(shot) else "random")
     rows.append({"shots": shot, "metric": task.metric, "values": values, "mean": mean,
                  "std": std, "trials": shot_trials, "num_queries": len(queries),
-                 "demos": f"text_only_{source}" if shot == 0 else source})
+                 "demos": f"text_only_{source}" if shot == 0 else source,
+                 **({"extra": extra} if extra else {})})
     predictions[str(shot)] = shot_predictions
   if bar:
     bar.close()
@@ -295,7 +331,9 @@ def format_table(result: dict[str, Any]) -> str:
            f"{'shots':>5}  {'mean':>8}  {'std':>7}  {'trials':>6}  {'queries':>7}"]
   for row in result["rows"]:
     lines.append(f"{row['shots']:>5}  {row['mean']:>8.2f}  {row['std']:>7.2f}  "
-                 f"{row['trials']:>6}  {row['num_queries']:>7}")
+                 f"{row['trials']:>6}  {row['num_queries']:>7}"
+                 + "".join(f"  {name} {v['mean']:.2f} ± {v['std']:.2f}"
+                           for name, v in row.get("extra", {}).items()))
   return "\n".join(lines)
 
 
