@@ -262,9 +262,9 @@ class ScriptedEngine:
 
   def generate(self, prompts, **_):
     self.prompts += prompts
-    return [engine_lib.Generation(text="", tokens=[], logprob=0.0, score=0.0,
-                                  tagged=self.answers.get(p[-1]["text"], " no box"))
-            for p in prompts]
+    answers = [self.answers.get(p[-1]["text"], " no box") for p in prompts]
+    return [engine_lib.Generation(text=grounding.parse(a)[0], tokens=[], logprob=0.0, score=0.0,
+                                  tagged=a) for a in answers]
 
 
 def cells(a: int, b: int) -> str:
@@ -342,6 +342,24 @@ def test_reg_prompts_show_the_region(tmp_path):
   assert texts == ["<grounding><phrase> It</phrase>" + cells(0, 13) + " is the left dog\n",
                    "<grounding><phrase> It</phrase>" + cells(5, 11) + " is"]
   assert engine.grounding.grid == GRID
+
+
+def test_reg_scoring_through_the_runner(tmp_path):
+  write_refcoco(tmp_path)
+  task = tasks_lib.load_task("refcoco_reg", str(tmp_path))
+  car = "<grounding><phrase> It</phrase>" + cells(5, 11) + " is"
+  tree = "<grounding><phrase> It</phrase>" + cells(0, 15) + " is"
+  engine = ScriptedEngine({car: " the red car\nIt is", tree: " a red car"})
+  preds = runner.run_trial(engine, task, task.test, [[], []], text_only=True,
+                           settings=runner.Settings())
+  assert [(p["prediction"], p["references"]) for p in preds] == [
+      ("the red car", ["the red car", "small red car"]), ("a red car", ["a tree"])]
+  both = runner.score_predictions(task, preds)
+  assert both == pytest.approx(metrics.score(
+      metrics.CIDER, {"21": "the red car", "22": "a red car"}, {"21": ["the red car",
+                                                                  "small red car"],
+                                                           "22": ["a tree"]}))
+  assert both > runner.score_predictions(task, [dict(preds[0], prediction="a tree"), preds[1]])
 
 
 def test_grounding_tasks_need_location_tokens(tmp_path):

@@ -10,6 +10,7 @@ Pure Python: no model, well under a second.
 
 from __future__ import annotations
 
+import json
 import random
 import types
 
@@ -178,17 +179,21 @@ def test_bad_ids_are_refused():
   assert grounding.load(tokenizer_lib.ByteTokenizer(), defaults.tokenizer()) is None
 
 
-def test_trained_tokenizer_holds_location_pieces(tmp_path):
+def test_trained_tokenizer_holds_location_pieces(tmp_path, capsys):
   from kosmos.data import records
+  from prepare_module import prepare
   with records.ShardWriter(str(tmp_path / records.shard_name("t", 0, 1))) as w:
     for i in range(200):
       w.write({"id": str(i), "source": "t", "kind": "text",
                "segments": [{"text": f"a cat sat on the mat {i} <phrase> times"}]})
-  tok = tokenizer_lib.train_tokenizer([str(tmp_path)], 320, str(tmp_path / "spm.model"),
-                                      grounding_grid=4)
+  assert prepare.main(["tokenizer", "--input", str(tmp_path), "--output",
+                       str(tmp_path / "spm.model"), "--vocab-size", "320",
+                       "--grounding-grid", "4"]) == 0
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert printed["tokenizer.grounding"] == grounding.trained_ids(8, 4)
   config = defaults.tokenizer()
   config.update(path=str(tmp_path / "spm.model"))
-  config.grounding.update(grounding.trained_ids(8, 4))
+  config.grounding.update(printed["tokenizer.grounding"])
   tok = tokenizer_lib.load(config)
   g = grounding.load(tok, config)
   text = "a<phrase> cat</phrase><object><patch_index_0000><patch_index_0015></object> sat"

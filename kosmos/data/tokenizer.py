@@ -48,6 +48,8 @@ SPECIAL_FIELDS = ("pad_id", "bos_id", "eos_id", "unk_id", "image_start_id", "ima
                   "image_slot_id", "vector_slot_id")
 # Pieces of the specials in models that `train_tokenizer` writes, at the fixed ids 4..7.
 CONTROL_PIECES = ("<image>", "</image>", "<image_slot>", "<vector_slot>")
+# Where `train_tokenizer(..., grounding_grid=P)` puts the location pieces (after the controls).
+GROUNDING_FIRST_ID = 4 + len(CONTROL_PIECES)
 BYTE_OFFSET = 8
 BYTE_VOCAB_SIZE = BYTE_OFFSET + 256
 
@@ -301,8 +303,8 @@ def train_tokenizer(record_dirs: Sequence[str], vocab_size: int, out_path: str, 
   config = defaults.tokenizer()
   config.path = out_path
   if grounding_grid:
-    config.grounding.update(grounding.trained_ids(len(expected), grounding_grid))
-    expected.update(zip(grounding.pieces(grounding_grid), range(len(expected), 1 << 30)))
+    config.grounding.update(grounding.trained_ids(GROUNDING_FIRST_ID, grounding_grid))
+    expected.update(zip(grounding.pieces(grounding_grid), range(GROUNDING_FIRST_ID, 1 << 30)))
   for piece, want in expected.items():
     got = sp.piece_to_id(piece)
     if got != want:
