@@ -17,12 +17,11 @@ its row is still written (as a plain pair when no box is left).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from typing import Any, Iterator
 
-from kosmos.data.convert import common, images, lines, parquet_io, runner
+from kosmos.data.convert import common, images, parquet_io, runner
 from kosmos.data.convert.common import Context, Unit
 
 DESCRIPTION = "GRIT grounded pairs (parquet or jsonl: caption, image, noun_chunks, ref_exps) -> kind=pair + meta.boxes"
@@ -113,19 +112,7 @@ def _rows(unit: Unit, args: argparse.Namespace, ctx: Context,
     for row, values in rows:
       yield f"{file_key}:{row}", values
     return
-  for location, line in lines.iter_lines(unit.payload):
-    if not line.strip():
-      continue
-    decoded = common.decode_text(line, ctx)
-    if decoded is None:
-      continue
-    try:
-      doc = json.loads(decoded)
-    except ValueError:
-      doc = None
-    if not isinstance(doc, dict):
-      ctx.drop(common.INVALID_JSON)
-      continue
+  for location, doc in common.json_objects(unit.payload, ctx):
     values = {c: doc.get(c) for c in columns}
     values.update(image=doc.get(args.image_column), text=doc.get(args.text_column))
     yield f"{unit.key}:{location}", values
@@ -136,16 +123,8 @@ def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator
   meta_columns = [c for c in args.meta_columns.split(",") if c]
   path = unit.payload[0] if isinstance(unit.payload, tuple) else unit.payload
   for record_id, values in _rows(unit, args, ctx, meta_columns + list(SPAN_KINDS)):
-    text = values["text"]
-    if isinstance(text, bytes):
-      text = common.decode_text(text, ctx)
-      if text is None:
-        continue
-    if not isinstance(text, str):
-      ctx.drop(common.MISSING_FIELD)
-      continue
-    if not text.strip():
-      ctx.drop(common.EMPTY_TEXT)
+    text = common.caption(values["text"], ctx)  # not stripped: the spans index it
+    if text is None:
       continue
     image = ctx.check_image(_image(values["image"], os.path.dirname(path), args))
     if image is None:

@@ -28,7 +28,7 @@ import collections
 import glob
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from kosmos.eval.tasks.example import CAPTION, GROUNDING, Example, Task, check_unique_ids
 
@@ -89,53 +89,52 @@ def read_entries(path: str, image_dir: str, skipped: collections.Counter) -> lis
   return out
 
 
-def _paths(name: str, data_dir: str, train_split: str, test_split: str, json_dir: str | None,
-           image_dir: str | None) -> tuple[str, str, str]:
+def _splits(name: str, data_dir: str, train_split: str, test_split: str, json_dir: str | None,
+            image_dir: str | None, examples: Callable[[list[dict[str, Any]]], list[Example]]
+            ) -> tuple[list[Example], list[Example], collections.Counter]:
+  """(train, test, skipped): `examples` of each split's entries."""
   if name not in NAMES:
     raise ValueError(f"unknown referring expression dataset {name!r}; valid: {NAMES}")
   json_dir = json_dir or data_dir
-  return (json_path(json_dir, name, train_split), json_path(json_dir, name, test_split),
-          image_dir or os.path.join(data_dir, "train2014"))
+  image_dir = image_dir or os.path.join(data_dir, "train2014")
+  skipped: collections.Counter = collections.Counter()
+  out = []
+  for split in (train_split, test_split):
+    path = json_path(json_dir, name, split)
+    out.append(examples(read_entries(path, image_dir, skipped)))
+    check_unique_ids(out[-1], path)
+  if not out[1]:
+    raise ValueError(f"{json_path(json_dir, name, test_split)}: no usable expressions "
+                     f"(skipped: {dict(skipped)})")
+  return out[0], out[1], skipped
 
 
 def refexp_task(name: str, data_dir: str, *, test_split: str = "val", train_split: str = "train",
                 json_dir: str | None = None, image_dir: str | None = None) -> Task:
   """Referring expression comprehension (module docstring); demos from `train_split`."""
-  train_path, test_path, image_dir = _paths(name, data_dir, train_split, test_split, json_dir,
-                                            image_dir)
-  skipped: collections.Counter = collections.Counter()
+  def examples(entries: list[dict[str, Any]]) -> list[Example]:
+    return [Example(id=e["id"], fields={"phrase": e["expression"]},
+                    image_paths=(e["image_path"],), boxes=(e["box"],)) for e in entries]
 
-  def examples(path: str) -> list[Example]:
-    out = [Example(id=e["id"], fields={"phrase": e["expression"]}, image_paths=(e["image_path"],),
-                   boxes=(e["box"],)) for e in read_entries(path, image_dir, skipped)]
-    check_unique_ids(out, path)
-    return out
-
-  test = examples(test_path)
-  if not test:
-    raise ValueError(f"{test_path}: no usable expressions (skipped: {dict(skipped)})")
-  return Task(name=name, kind=GROUNDING, metric="box_accuracy", template="rec",
-              train=examples(train_path), test=test, skipped=skipped)
+  train, test, skipped = _splits(name, data_dir, train_split, test_split, json_dir, image_dir,
+                                 examples)
+  return Task(name=name, kind=GROUNDING, metric="box_accuracy", template="rec", train=train,
+              test=test, skipped=skipped)
 
 
 def reg_task(name: str, data_dir: str, *, test_split: str = "val", train_split: str = "train",
              json_dir: str | None = None, image_dir: str | None = None) -> Task:
   """Referring expression generation (module docstring): one example per object."""
-  train_path, test_path, image_dir = _paths(name, data_dir, train_split, test_split, json_dir,
-                                            image_dir)
-  skipped: collections.Counter = collections.Counter()
-
-  def examples(path: str) -> list[Example]:
+  def examples(entries: list[dict[str, Any]]) -> list[Example]:
     objects: dict[str, list[dict[str, Any]]] = {}
-    for e in read_entries(path, image_dir, skipped):
+    for e in entries:
       objects.setdefault(e["object"], []).append(e)
     return [Example(id=key, fields={"expression": group[0]["expression"]},
                     references=tuple(e["expression"] for e in group),
                     image_paths=(group[0]["image_path"],), boxes=(group[0]["box"],))
             for key, group in objects.items()]
 
-  test = examples(test_path)
-  if not test:
-    raise ValueError(f"{test_path}: no usable expressions (skipped: {dict(skipped)})")
-  return Task(name=f"{name}_reg", kind=CAPTION, metric="cider", template="reg",
-              train=examples(train_path), test=test, skipped=skipped)
+  train, test, skipped = _splits(name, data_dir, train_split, test_split, json_dir, image_dir,
+                                 examples)
+  return Task(name=f"{name}_reg", kind=CAPTION, metric="cider", template="reg", train=train,
+              test=test, skipped=skipped)
