@@ -202,3 +202,20 @@ def test_trained_tokenizer_holds_location_pieces(tmp_path, capsys):
   assert g.decode(ids) == text
   plain = tok.encode(text)  # the literal tags are split into characters
   assert not set(plain) & g.ids() and tok.decode(plain) == text
+
+
+def test_workdirs_saved_before_location_tokens_still_resume(tmp_path):
+  import numpy as np
+  from kosmos import workdir as workdir_lib
+  from kosmos.train import trainer
+  config = defaults.base()
+  config.model = {"decoder": {"vocab_size": 264}}
+  old = config.to_dict()
+  del old["tokenizer"]["grounding"]
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+  workdir_lib.save_params(str(tmp_path), 1, {"w": np.zeros(2, np.float32)})
+  trainer._check_resume_config(config, str(tmp_path))  # the defaults: grounding off
+  config.tokenizer.grounding.update(grounding.trained_ids(300, 4))
+  with pytest.raises(ValueError, match="tokenizer.grounding"):
+    trainer._check_resume_config(config, str(tmp_path))

@@ -31,6 +31,7 @@ from etils import epath
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
+from kosmos import defaults
 from kosmos import sharding
 from kosmos import workdir as workdir_lib
 from kosmos.data import pipeline
@@ -136,6 +137,8 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     saved = workdir_lib.load_config(workdir)
   except FileNotFoundError:
     return
+  if "tokenizer" in saved and "grounding" not in saved.tokenizer:  # saved before location tokens
+    saved.tokenizer.grounding = defaults.grounding()
   old = {k: v for k, v in _flat(saved).items() if k.startswith(("model.", "tokenizer."))}
   new = {k: v for k, v in _flat(config).items() if k.startswith(("model.", "tokenizer."))}
   diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
