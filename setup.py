@@ -54,6 +54,7 @@ setuptools.setup(
             "kosmos-summary=kosmos.model.summary:main",
             "kosmos-train=kosmos.train.main:main",
             "kosmos-eval=kosmos.eval.main:main",
+            "kosmos-chat=kosmos.infer.chat:main",
             "kosmos-export=kosmos.interop.main:export_main",
             "kosmos-import=kosmos.interop.main:import_main",
             "kosmos-compile=kosmos.train.compile:main",

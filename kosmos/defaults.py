@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from kosmos.data import chat
 from kosmos.data import images as images_lib
 
 # Fixed ids of the special tokens in tokenizers kosmos trains (kosmos.data.tokenizer).
@@ -51,6 +52,8 @@ def tokenizer() -> ml_collections.ConfigDict:
       image_slot_id=IMAGE_SLOT_ID, vector_slot_id=VECTOR_SLOT_ID,
       spm_id_offset=0,  # added to SentencePiece piece ids (1 for fairseq/XLM-R, Kosmos-2)
       grounding=grounding(),
+      # how conversations are rendered (kosmos.data.chat): system prompt, role formats
+      chat_template=chat.config(chat.DEFAULT),
   ))
 
 
@@ -65,7 +68,7 @@ def grounding() -> ml_collections.ConfigDict:
 
 def data() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      # name -> {path: record dir, kind: text|pair|interleaved, weight: token share}
+      # name -> {path: record dir, kind: text|pair|interleaved|conversation, weight: token share}
       sources={},
       seq_len=2048,
       global_batch_size=8,

@@ -409,7 +409,7 @@ def test_kosmos_eval_end_to_end_on_a_tiny_grounding_model(tmp_path):
       assert sorted(p["id"] for p in preds) == sorted(e.id for e in loaded.test)
       assert row["values"][0] == pytest.approx(runner.score_predictions(loaded, preds))
       if task == "flickr30k_entities":
-        assert row["extra"]["merged_box"]["values"][0] == pytest.approx(
+        assert row["details"][0]["merged_box"] == pytest.approx(
             runner.score_predictions(loaded, preds, {"protocol": "merged_box"}))
       if loaded.kind == tasks_lib.GROUNDING:
         for p in preds:  # a box is the first one linked to the phrase, back in pixels

@@ -27,7 +27,8 @@ def step():
   config = train_fixture.config("/unused")
   config.model.decoder.update(num_layers=8, scan_layers=True)
   config.model.vision.update(depth=5, scan_layers=True)
-  config.optim.update(frozen=(r"^vision\.(?!blocks\.4\.|post_norm)",), accum_steps=2)
+  config.optim.update(frozen=(r"^vision\.(?!blocks\.4\.|post_norm)",), accum_steps=2,
+                      loss_chunk=config.data.seq_len // 4)
   config.data.global_batch_size = 16
   mesh = sharding.make_mesh(config.mesh, devices)
   run = step_lib.setup(config, mesh)
@@ -46,7 +47,8 @@ def test_loops_are_found_and_counted_per_iteration(step):
   config, run, cost = step
   found = loop_cost.loops(config, run)
   assert [(l.name, l.iterations) for l in found] == [
-      ("decoder.blocks[trained]", 8), ("vision.blocks[frozen]", 4), ("micro_batches", 2)]
+      ("decoder.blocks[trained]", 8), ("vision.blocks[frozen]", 4), ("loss_chunks", 4),
+      ("micro_batches", 2)]
   base = cost(run)
   result = loop_cost.cost_with_loops(config, run, cost, base)
   # Ground truth for the FLOPs: every loop fully unrolled (XLA then counts every body).

@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 from kosmos import configs, sharding
+from kosmos.data import chat
 from kosmos.interop import hf_config, mapping
 from kosmos.model import decoder, lora, multimodal
 from kosmos.train import freeze, step
@@ -203,3 +204,16 @@ def test_arg_sets_stage_and_init_dir():
   for bad in ("llava.py:stage3", "llava.py:stage3,/x", "blip2.py:stage2"):
     with pytest.raises(ValueError, match="STAGE"):
       _load(bad)
+
+
+CHAT_TEMPLATES = {"llava.py": "llava_v1", "minigpt4.py": "vicuna_v0",
+                  "mplug_owl.py": "mplug_owl", "seechat.py": "llama2"}
+
+
+@pytest.mark.parametrize("recipe", sorted(CHAT_TEMPLATES))
+def test_last_stage_reads_conversations_in_the_systems_template(recipe):
+  first, last = _load(f"{recipe}:stage1"), _load(f"{recipe}:stage2")
+  assert {s.kind for s in first.data.sources.values()} == {"pair"}
+  assert {s.kind for s in last.data.sources.values()} == {"conversation"}
+  for config in (first, last):
+    assert chat.from_config(config.tokenizer) == chat.get(CHAT_TEMPLATES[recipe])

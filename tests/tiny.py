@@ -51,3 +51,20 @@ def batch(config, *, b: int = 2, l: int = 32, m: int = 2, seed: int = 0, docs: i
     out["vectors"] = rng.normal(size=(b, vectors, config.vector_dim)).astype(np.float32)
     out["vector_mask"] = np.ones((b, vectors), bool)
   return out
+
+
+def byte_workdir(directory: str, *, chat_template, max_len: int, step: int = 1,
+                 seed: int = 0) -> str:
+  """A workdir of a tiny llama-family model (random weights, seed) on the byte tokenizer
+  with `chat_template` (a config section of kosmos.data.chat)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from kosmos import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from kosmos.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  config = defaults.base()
+  config.model = model_config("llama", "mlp")
+  config.model.decoder.update(vocab_size=tokenizer_lib.BYTE_VOCAB_SIZE, max_len=max_len)
+  config.tokenizer.chat_template = chat_template
+  model = multimodal.Multimodal(config.model, rngs=nnx.Rngs(seed))
+  workdir_lib.save_config(config, directory)
+  workdir_lib.save_params(directory, step, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return directory

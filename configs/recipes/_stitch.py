@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from kosmos import configs
+from kosmos.data import chat
 from kosmos.model import connector
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,3 +84,9 @@ def llava_schedule(config: ml_collections.ConfigDict, steps: int, *, checkpoint_
 def train_only(config: ml_collections.ConfigDict, *trainable: str, frozen: tuple[str, ...] = ()) -> None:
   config.optim.trainable = tuple(trainable)
   config.optim.frozen = tuple(frozen)
+
+
+def chat_template(config: ml_collections.ConfigDict, name: str) -> None:
+  """The system's conversation format (kosmos.data.chat.TEMPLATES[name]) for every stage: the
+  last stage trains on it, and kosmos-chat / kosmos-eval --chat talk in it afterwards."""
+  config.tokenizer.chat_template = chat.config(name)

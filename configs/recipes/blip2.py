@@ -29,6 +29,8 @@ Approximations, say them when you report results:
 - BLIP-2's LMs (OPT, FlanT5) are not kosmos families; a frozen llama-family Vicuna-7B stands
   in, as InstructBLIP (Dai et al. 2023) used it. The best BLIP-2 models use EVA-CLIP ViT-g/14,
   which kosmos-import cannot read; CLIP ViT-L/14 is BLIP-2's own smaller ViT choice.
+- BLIP-2 is not instruction-tuned: its one stage reads `pair` records (loss on the
+  caption), no conversations; minigpt4.py is its chat continuation.
 - No export to transformers (a resampler connector has no transformers class);
   `kosmos-export --format params` works.
 """

@@ -9,6 +9,10 @@ pads the vocabulary to 32064; kosmos cannot resize it yet). `--format params` wo
 
     kosmos-import --format hf --lm DIR/vicuna-7b-v1.5 --vision DIR/clip-vit-large-patch14-336 \
         --connector mlp --config configs/recipes/llava.py:stage1 --out /tmp/llava_init
+    python data/prepare.py webdataset --input 'llava_pretrain_558k/*.tar' \
+        --output gs://BUCKET/records/llava_pretrain_558k              # stage 1: pairs
+    python data/prepare.py conversations --input llava_v1_5_mix665k.json \
+        --image-dir llava_v1_5_images/ --output gs://BUCKET/records/llava_v1_5_mix665k
     # Stage 1, feature alignment: only the connector trains.
     kosmos-train --config configs/recipes/llava.py:stage1,/tmp/llava_init \
         --workdir gs://BUCKET/llava_stage1
@@ -16,10 +20,17 @@ pads the vocabulary to 32064; kosmos cannot resize it yet). `--format params` wo
     kosmos-train --config configs/recipes/llava.py:stage2,gs://BUCKET/llava_stage1 \
         --config.tokenizer.path=/tmp/llava_init/tokenizer.model --workdir gs://BUCKET/llava_stage2
     kosmos-export --workdir gs://BUCKET/llava_stage2 --format params --out /tmp/llava_params
+    kosmos-chat --workdir /tmp/llava_params --image cat.jpg
 
 `arg`: "stage1" | "stage2", optionally ",INIT_DIR" (sets train.init_from and
 tokenizer.path=INIT_DIR/tokenizer.model; a training workdir holds no tokenizer, hence the
 explicit --config.tokenizer.path in stage 2).
+
+Data: stage 1 reads `pair` records of LCS-558K (image + BLIP caption; the loss covers the
+caption); stage 2 reads `conversation` records of llava_v1_5_mix665k (its image
+conversations and its text-only ShareGPT ones in one file, `prepare.py conversations`),
+rendered with LLaVA's v1 template (`chat_template="llava_v1"`: "<system> USER: <image>\n...
+ASSISTANT: ...</s>"), the loss on the assistant's answers and their `</s>` only, as LLaVA.
 
 The paper's hyper-parameters (both stages one epoch, cosine, 3 % warm-up, no weight decay,
 AdamW (0.9, 0.999), HF Trainer's grad-norm clip 1.0):
@@ -27,11 +38,11 @@ AdamW (0.9, 0.999), HF Trainer's grad-norm clip 1.0):
     stage 2: llava_v1_5_mix665k, batch 128, lr 2e-5 -> 5,198 steps
 Approximations: a batch row holds one image (`max_images_per_row=1`), so 256 / 128 rows are
 256 / 128 samples, but stage-2 rows may also pack a text-only conversation next to it
-(LLaVA pads instead). The loss covers every text token: LLaVA masks the human turns and
-the system prompt, which the kosmos pipeline cannot yet (records have no roles), and
-data/prepare.py has no converter for LLaVA's conversation JSON (write the image and the
-rendered conversation as a `pair` record). Stage 2's mixture is given by token share, not
-by sample count as LLaVA's shuffled list.
+(LLaVA pads instead), and a conversation longer than a row continues in the next row.
+Stage 1 trains `<s> <image> caption </s>` (LLaVA's "plain" template is `<image> caption\n`).
+Text is tokenized between images and specials as whole strings, as LLaVA does, but LLaVA
+starts each image conversation with "<image>\n" whatever the data says; kosmos keeps the
+placeholder where the record has it (the 665K data put it first or last).
 """
 
 import os
@@ -59,6 +70,6 @@ def get_config(arg=None):
     config.optim.peak_lr = 2e-5
     config.data.update(seq_len=2048, global_batch_size=128, max_images_per_row=1)
     config.data.sources = _stitch.sources(
-        instruct=("pair", "gs://BUCKET/records/llava_mix665k_image", 0.9),
-        text=("text", "gs://BUCKET/records/llava_mix665k_text", 0.1))  # ShareGPT 40K
+        instruct=("conversation", "gs://BUCKET/records/llava_v1_5_mix665k", 1.0))
+  _stitch.chat_template(config, "llava_v1")
   return config

@@ -30,8 +30,15 @@ Approximations (our connector is one module, so "Q-Former frozen, projection tra
   pretrained Q-Former (LAVIS weights have no importer; see blip2.py for how the resampler
   differs). MiniGPT-4 uses EVA-CLIP ViT-g/14 (not importable) and the Q-Former's 32 output
   queries as they are; here CLIP ViT-L/14.
-- MiniGPT-4's prompt template ("###Human: <Img><ImageHere></Img> ... ###Assistant:") is not
-  applied by the pipeline; render it into the records' text. The loss covers all text.
+- Stage 2 reads `conversation` records: MiniGPT-4's cc_sbu_align descriptions written as
+  one-round LLaVA-style conversations ({"image", "conversations": [{"from": "human",
+  "value": "<image> Describe this image in detail."}, {"from": "gpt", "value": caption}]},
+  MiniGPT-4 draws the instruction from its prompt list) and converted with
+  `prepare.py conversations`. They are rendered with MiniGPT-4's Vicuna v0 conversation
+  (`chat_template="vicuna_v0"`: "<system>###Human: <Img><image></Img> ...###Assistant:
+  ...###"), the loss on the answer and its "###" only, as MiniGPT-4. MiniGPT-4's stage-2
+  training prompt has no system text; its demo's conversation (used here, and by
+  kosmos-chat) has one. Stage 1 reads `pair` records (image + caption, loss on the caption).
 - The LM is the one blip2.py imported (MiniGPT-4's 7B release used Vicuna-7B v0; same shape).
 """
 
@@ -62,6 +69,7 @@ def get_config(arg=None):
     config.optim.update(peak_lr=3e-5, end_lr_fraction=1 / 3, warmup_steps=200)
     config.data.update(seq_len=256, global_batch_size=12, max_images_per_row=1)
     config.data.sources = _stitch.sources(
-        detailed=("pair", "gs://BUCKET/records/minigpt4_cc_sbu_align", 1.0))
+        detailed=("conversation", "gs://BUCKET/records/minigpt4_cc_sbu_align", 1.0))
     config.train.update(steps=400, checkpoint_every=100, keep=2, keep_every=0)
+  _stitch.chat_template(config, "vicuna_v0")
   return config

@@ -35,8 +35,12 @@ What mPLUG-Owl did, and what this does:
 - The abstractor is approximated by the resampler: mPLUG-Owl's queries cross-attend to
   [image features; queries] as ours do, but its FFN is SwiGLU (2,816 wide) and its layers
   are post-LN; no weights of mPLUG-Owl import (train from CLIP + LLaMA as the paper did).
-- The loss covers every text token (mPLUG-Owl masks instruction prompts in stage 2), and
-  no export to transformers (a resampler connector has no transformers class).
+- Data: stage 1 reads `pair` records (loss on the caption); stage 2 reads `conversation`
+  records of both instruction sets (`prepare.py conversations`; the text-only ones in
+  ShareGPT form), rendered with mPLUG-Owl's conversation (`chat_template="mplug_owl"`:
+  "<system>\nHuman: <image>...\nAI: ...\n"), the loss on the AI's answers and their end
+  of turn only, as mPLUG-Owl masks the instruction prompts.
+- No export to transformers (a resampler connector has no transformers class).
 """
 
 import os
@@ -68,7 +72,8 @@ def get_config(arg=None):
     config.optim.update(peak_lr=2e-5, warmup_steps=50, weight_decay=0.0)
     config.data.update(seq_len=2048, global_batch_size=256, max_images_per_row=1)
     config.data.sources = _stitch.sources(
-        text=("text", "gs://BUCKET/records/mplug_owl_text_instruct", 0.5),  # Alpaca, Vicuna, Baize
-        multimodal=("pair", "gs://BUCKET/records/llava_instruct_158k", 0.5))
+        text=("conversation", "gs://BUCKET/records/mplug_owl_text_instruct", 0.5),  # Alpaca, Vicuna, Baize
+        multimodal=("conversation", "gs://BUCKET/records/llava_instruct_158k", 0.5))
     config.train.update(steps=2000, checkpoint_every=500, keep=2, keep_every=0)
+  _stitch.chat_template(config, "mplug_owl")
   return config

@@ -27,8 +27,12 @@ of 158K (14,813 steps); cosine, 3 % warm-up, no weight decay, AdamW (0.9, 0.999)
 Approximations: SEEChat's LM is ChatGLM-6B (a GLM, not a kosmos family and not importable);
 any LlamaForCausalLM chat model of Llama-2-7B shape stands in (e.g. Llama-2-7b-chat or a
 Chinese llama-family chat model; set decoder fields for another shape). The README says
-the bridge follows BLIP-2 and LLaVA; the table's linear projection is LLaVA-1's. The loss
-covers every text token (no masking of the human turns).
+the bridge follows BLIP-2 and LLaVA; the table's linear projection is LLaVA-1's.
+Data: stage 1 reads `pair` records (loss on the caption); stage 2 reads `conversation`
+records of the translated LLaVA instructions (`prepare.py conversations`), rendered with
+the Llama-2 chat template of the stand-in LM (`chat_template="llama2"`: "[INST] <<SYS>>
+...<</SYS>> ... [/INST] ... </s><s>[INST] ..."), the loss on the answers and their `</s>`
+only. ChatGLM's own format ("[Round 1]\n\n问：...\n\n答：") fits ChatGLM, not this LM.
 """
 
 import os
@@ -57,5 +61,6 @@ def get_config(arg=None):
     config.optim.peak_lr = 2e-5
     config.data.update(seq_len=2048, global_batch_size=32, max_images_per_row=1)
     config.data.sources = _stitch.sources(
-        instruct=("pair", "gs://BUCKET/records/llava_instruct_158k_zh", 1.0))
+        instruct=("conversation", "gs://BUCKET/records/llava_instruct_158k_zh", 1.0))
+  _stitch.chat_template(config, "llama2")
   return config

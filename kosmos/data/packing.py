@@ -7,14 +7,18 @@ Input elements ("docs", made by `kosmos.data.pipeline`):
     images  uint8 [m, S, S, 3]  one per `<image>` token, in order
     vectors float32 [v, D]      one per vector-slot token, in order (D may be 0)
     kind    int                 KIND_IDS value of the record
+    loss    uint8 [l] (optional) 1 where the token, as a target, may carry loss; absent =
+                                every token (conversations: only the assistants' answers
+                                and their end-of-turn tokens, `kosmos.data.chat`)
     stats   int64 [S_src, R]    per-source counters of this record (STATS columns)
 
 Output rows (one element per row, fixed shapes):
 
     tokens, targets, segment_ids, positions  int32 [L]
-    loss_mask  float32 [L]      1 where the target is text: 0 on image/vector-slot targets,
-                                on padding and on the last position of every document
-    kind_ids   int8 [L]         0 padding, 1 text, 2 pair, 3 interleaved
+    loss_mask  float32 [L]      1 where the target is text the doc's `loss` allows: 0 on
+                                image/vector-slot targets, on padding, on the last position
+                                of every document (or piece) and on targets outside `loss`
+    kind_ids   int8 [L]         0 padding, 1 text, 2 pair, 3 interleaved, 4 conversation
     images     uint8 [M, S, S, 3], image_mask bool [M]
     vectors    float32 [V, D], vector_mask bool [V]      (only when D > 0)
     stats      int64 [S_src, R] counters of the records this row's generation consumed
@@ -43,7 +47,7 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-KIND_IDS = {"text": 1, "pair": 2, "interleaved": 3}
+KIND_IDS = {"text": 1, "pair": 2, "interleaved": 3, "conversation": 4}
 # Per-source counters carried with each row. "bad_records" counts records with any problem
 # (skipped, or repaired by dropping a bad image/vector); it drives config.data.max_bad_fraction.
 STATS = ("records", "bad_records", "record_undecodable", "no_content", "pair_without_image",
@@ -86,6 +90,11 @@ class _Doc:
     self.images = element["images"]
     self.vectors = element["vectors"]
     self.kind = int(element["kind"])
+    loss = element.get("loss")
+    self.loss = (np.ones(len(self.tokens), np.uint8) if loss is None
+                 else np.asarray(loss, np.uint8))
+    if self.loss.shape != self.tokens.shape:
+      raise ValueError(f"doc has {len(self.tokens)} tokens but loss flags {self.loss.shape}")
     # Span s covers [image_starts[s], span_ends[s]); a cut c is illegal when start < c < end.
     if spec.image_start_id >= 0 and spec.image_end_id >= 0:
       self.image_starts = np.flatnonzero(self.tokens == spec.image_start_id)
@@ -312,8 +321,8 @@ def _row(b: _Bin, spec: PackSpec) -> dict[str, np.ndarray]:
     piece = doc.tokens[lo:hi]
     tokens[at:at + n] = piece
     targets[at:at + n - 1] = piece[1:]
-    mask = np.ones(n, np.float32)
-    mask[-1] = 0.0
+    mask = np.zeros(n, np.float32)
+    mask[:-1] = doc.loss[lo + 1:hi]
     mask[:-1][(piece[1:] == spec.image_slot_id) | (piece[1:] == spec.vector_slot_id)] = 0.0
     loss_mask[at:at + n] = mask
     segment_ids[at:at + n] = segment

@@ -35,10 +35,14 @@ resized, centre-cropped image (`images.crop_box`; dropped when cropped out: `box
 kept: `boxes`; boxes that cannot be rendered leave the caption plain: `boxes_bad`);
 interleaved in record order, at most
 `max_images_per_doc` images (the rest are dropped and counted); vector segments become one
-vector-slot token each.
+vector-slot token each. A conversation is rendered by the chat template of
+`config.tokenizer.chat_template` (`kosmos.data.chat`: `<s>`, system prompt, role markers,
+turns, images in their turns) and its doc carries `loss` flags, so only the assistants'
+answers and their end-of-turn tokens are targets with loss (`kosmos.data.packing`), in
+whatever rows its pieces land; one with more than `max_images_per_row` images is skipped.
 
-Bad input: an undecodable record, a pair whose image is bad, a record with no content is
-skipped; a bad image in an interleaved record is dropped (the rest is kept); all counted by
+Bad input: an undecodable record, a pair or conversation with a bad image, a record with
+no content is skipped; a bad image in an interleaved record is dropped (the rest is kept); all counted by
 reason and source. When a source's bad-record fraction exceeds `max_bad_fraction` (after
 `bad_check_min_records` records) the iterator raises `packing.BadDataError` naming it.
 """
@@ -55,6 +59,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
+from kosmos.data import chat
 from kosmos.data import grounding as grounding_lib
 from kosmos.data import images as images_lib
 from kosmos.data import packing
@@ -85,6 +90,7 @@ class RecordToDoc(grain.transforms.Map):
     self.spec = spec
     self._tok = None
     self._grounding = False
+    self._template = None
 
   @property
   def tok(self) -> tokenizer_lib.Tokenizer:
@@ -99,7 +105,7 @@ class RecordToDoc(grain.transforms.Map):
     return self._grounding
 
   def __getstate__(self):
-    return {"spec": self.spec, "_tok": None, "_grounding": False}
+    return {"spec": self.spec, "_tok": None, "_grounding": False, "_template": None}
 
   def _grounded(self, text: str, boxes: Any, size: tuple[int, int] | None,
                 counts: np.ndarray) -> list[int]:
@@ -147,6 +153,8 @@ class RecordToDoc(grain.transforms.Map):
       counts[S["bad_records"]] = 1
       return self._empty(stats)
     kind = record["kind"]
+    if kind == records.CONVERSATION:
+      return self._conversation(record, stats, decode_images)
     segments = record["segments"]
     if kind == "pair":  # image first, then the caption
       segments = ([s for s in segments if "image" in s] + [s for s in segments if "image" not in s])
@@ -220,6 +228,43 @@ class RecordToDoc(grain.transforms.Map):
                 vectors=(np.stack(vectors) if vectors else
                          np.zeros((0, spec.vector_dim), np.float32)),
                 kind=KIND_IDS[kind], stats=stats)
+
+
+  def _conversation(self, record: dict[str, Any], stats: np.ndarray,
+                    decode_images: bool) -> dict[str, Any]:
+    spec = self.spec
+    counts = stats[spec.source_index]
+    if sum("image" in s for s in record["segments"]) > spec.max_images_per_doc:
+      counts[S["images_over_doc_cap"]] += 1
+      counts[S["bad_records"]] = 1
+      return self._empty(stats)
+
+    def image(raw: Any) -> np.ndarray | None:
+      if not isinstance(raw, bytes):
+        raise images_lib.ImageError("corrupt", f"image segment is {type(raw).__name__}")
+      if decode_images:
+        return images_lib.decode(raw, spec.image_size, spec.max_image_pixels)
+      if not raw:
+        raise images_lib.ImageError("empty", "image has zero bytes")
+      return None
+
+    if self._template is None:
+      self._template = chat.from_config(spec.tokenizer)
+    try:
+      encoded = chat.encode(self._template, record["segments"], self.tok,
+                            spec.tokens_per_image, image)
+    except images_lib.ImageError as e:
+      counts[S["image_" + e.reason]] += 1
+      counts[S["bad_records"]] = 1
+      return self._empty(stats)
+    if decode_images:
+      pixels = (np.stack(encoded.images) if encoded.images else
+                np.zeros((0, spec.image_size, spec.image_size, 3), np.uint8))
+    else:
+      pixels = np.zeros((len(encoded.images), 0, 0, 3), np.uint8)
+    return dict(tokens=encoded.tokens, loss=encoded.loss, images=pixels,
+                vectors=np.zeros((0, spec.vector_dim), np.float32),
+                kind=KIND_IDS[records.CONVERSATION], stats=stats)
 
 
 def _validate(data: ml_collections.ConfigDict, image_size: int, tokens_per_image: int,

@@ -2,9 +2,16 @@
 
 A record (ARCHITECTURE.md, "Record format"):
 
-    {"id": str, "source": str, "kind": "text" | "pair" | "interleaved",
-     "segments": [{"text": str} | {"image": bytes} | {"vector": [float, ...]}, ...],
+    {"id": str, "source": str, "kind": "text" | "pair" | "interleaved" | "conversation",
+     "segments": [{"text": str} | {"image": bytes} | {"vector": [float, ...]}
+                  | {"turn": "user" | "assistant"}, ...],
      "meta": {...}}
+
+A conversation (`kind: "conversation"`, made by `data/prepare.py conversations`) keeps its
+turn structure: each turn is a `{"turn": role}` segment followed by that turn's text and
+image segments in order; turns alternate user, assistant, ..., and the last is the
+assistant's. Only conversations hold turn segments. The chat template
+(`kosmos.data.chat`) renders roles, separators and the system prompt at training time.
 
 A shard directory holds `<prefix>-NNNNN-of-MMMMM.array_record` files and a
 `manifest.json` (counts per kind, bytes and sha256 per shard, the converter and its
@@ -24,8 +31,11 @@ import msgpack
 from array_record.python import array_record_module
 from etils import epath
 
-KINDS = ("text", "pair", "interleaved")
-SEGMENT_KEYS = ("text", "image", "vector")
+KINDS = ("text", "pair", "interleaved", "conversation")
+SEGMENT_KEYS = ("text", "image", "vector", "turn")
+CONVERSATION = "conversation"
+USER, ASSISTANT = "user", "assistant"
+ROLES = (USER, ASSISTANT)
 MANIFEST = "manifest.json"
 SUFFIX = ".array_record"
 
@@ -47,7 +57,16 @@ def validate(record: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(segment, dict) or len(segment) != 1 or next(iter(segment)) not in SEGMENT_KEYS:
       raise RecordError(
           f"record {record['id']!r}: segment {str(segment)[:80]!r} must be one of "
-          f"{{'text': str}}, {{'image': bytes}}, {{'vector': [float]}}")
+          f"{{'text': str}}, {{'image': bytes}}, {{'vector': [float]}}, {{'turn': role}}")
+  turns = [s["turn"] for s in record["segments"] if "turn" in s]
+  if record["kind"] == CONVERSATION:
+    if ("turn" not in record["segments"][0] or not turns
+        or turns != [ROLES[i % 2] for i in range(len(turns))] or turns[-1] != ASSISTANT):
+      raise RecordError(f"record {record['id']!r}: a conversation starts with a turn segment "
+                        f"and its turns alternate {ROLES}, ending on {ASSISTANT!r}; got {turns}")
+  elif turns:
+    raise RecordError(f"record {record['id']!r}: kind {record['kind']!r} has turn segments "
+                      f"(only {CONVERSATION!r} records may)")
   return record
 
 

@@ -6,12 +6,15 @@ r"""`kosmos-eval`: few-shot evaluation of a workdir's checkpoint on one task.
         --trials 3 --protocol openflamingo --out results/vqav2_of.json
     kosmos-eval --workdir K2 --task refcocog --data /data/refcoco --shots 0 \
         --task-option 'test_split="test"' --out results/refcocog.json
+    kosmos-eval --workdir DIR --task pope --data /data/pope --shots 0 --chat \
+        --task-option split=adversarial --out results/pope_adversarial.json
 
 Grounding tasks (refcoco, refcoco+, refcocog, flickr30k_entities; the _reg tasks) need a
 model with location tokens (config.tokenizer.grounding: configs/kosmos2.py, an imported
 Kosmos-2, or a model trained with them).
 
-`--protocol` picks prompts, decoding, scoring, post-processing and the VQA metric variant
+`--chat` asks each 0-shot query as one user turn of the workdir's chat template (the way
+chat-tuned models are prompted). `--protocol` picks prompts, decoding, scoring, post-processing and the VQA metric variant
 (kosmos.eval.protocols): "kosmos" (default) or "openflamingo" (OpenFlamingo's eval, for
 numbers comparable with its published tables). The decoding flags default to the
 protocol's values. `--rices-model` ranks RICES demonstrations by a Hugging Face CLIP
@@ -106,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "separator=\".\", question_types='[\"what color is the\"]' (VQAv2), "
                       "vqa_metric=official|official_2016|openflamingo (VQA tasks), "
                       "test_split=\"testA\" (RefCOCO tasks)")
+  parser.add_argument("--chat", action="store_true",
+                      help="ask each query as one user turn of the workdir's chat template "
+                      "(config.tokenizer.chat_template) and generate the assistant's answer; "
+                      "needs --shots 0 (no demonstrations), e.g. POPE on a chat-tuned model")
   parser.add_argument("--blank-images", action="store_true",
                       help="image ablation: show every image as uniform gray (same prompts)")
   parser.add_argument("--no-progress", action="store_true")
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                            rices_embedder=rices_embedder, settings=settings, mesh=mesh,
                            task_options=task_options,
                            rices_cache_dir=os.path.join(args.workdir, "eval", "rices_cache"),
-                           show_progress=not args.no_progress, blank_images=args.blank_images)
+                           show_progress=not args.no_progress, blank_images=args.blank_images,
+                           chat=args.chat)
   result.update(step=step, workdir=os.path.abspath(args.workdir), data=os.path.abspath(args.data),
                 command="kosmos-eval " + " ".join(argv if argv is not None else sys.argv[1:]))
   runner.write_results(result, args.out)

@@ -1,4 +1,4 @@
-"""Few-shot metrics: CIDEr, VQA accuracy, ROC AUC, accuracy; answer post-processing.
+"""Few-shot metrics: CIDEr, VQA accuracy, ROC AUC, accuracy, POPE; answer post-processing.
 
 Every metric takes predictions + references and returns one float on the metric's raw
 scale (CIDEr as pycocoevalcap computes it, about 0..10; the others in [0, 1]);
@@ -29,7 +29,8 @@ from kosmos.eval import vqa_normalize
 
 CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY = "cider", "vqa_accuracy", "roc_auc", "accuracy"
 BOX_ACCURACY = "box_accuracy"
-METRICS = (CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY, BOX_ACCURACY)
+POPE_F1 = "pope_f1"
+METRICS = (CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY, POPE_F1, BOX_ACCURACY)
 # Flickr30k Entities' two protocols for a phrase with several boxes (MDETR's flickr_eval.py):
 # a hit when the prediction matches any of them, or the box enclosing them all.
 ANY_BOX, MERGED_BOX = "any_box", "merged_box"
@@ -185,6 +186,38 @@ def class_probabilities(logprobs_nc: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=1, keepdims=True)
 
 
+def pope_answer(text: str) -> str:
+  """A free-form answer -> "yes" | "no", as POPE's evaluate.py decides: keep the text
+  before the first ".", drop commas, split on spaces; "no" when a word is "No", "no" or
+  "not", else "yes" (so an empty answer counts as yes)."""
+  if "." in text:
+    text = text.split(".")[0]
+  words = text.replace(",", "").split(" ")
+  return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
+def pope(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+  """POPE's figures over yes/no answers (`pope_answer`'s) and labels, "yes" the positive
+  class: accuracy, precision, recall, f1, yes_ratio (in [0, 1]) and the tp/fp/tn/fn counts.
+  A ratio with a zero denominator is 0 (POPE's script divides by zero there)."""
+  _same_length(answers, labels, "pope")
+  if not answers:
+    raise ValueError("pope: no answers")
+  for value in (*answers, *labels):
+    if value not in ("yes", "no"):
+      raise ValueError(f"pope: answers and labels must be 'yes' or 'no', got {value!r}")
+  pairs = list(zip(answers, labels))
+  tp = sum(a == "yes" and l == "yes" for a, l in pairs)
+  fp = sum(a == "yes" and l == "no" for a, l in pairs)
+  tn = sum(a == "no" and l == "no" for a, l in pairs)
+  fn = sum(a == "no" and l == "yes" for a, l in pairs)
+  ratio = lambda a, b: a / b if b else 0.0
+  precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+  return {"accuracy": (tp + tn) / len(pairs), "precision": precision, "recall": recall,
+          "f1": ratio(2 * precision * recall, precision + recall),
+          "yes_ratio": (tp + fp) / len(pairs), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and population std over trials, ignoring NaN (np.nanmean / np.nanstd)."""
   v = np.asarray(values, dtype=np.float64)
@@ -196,13 +229,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def score(metric: str, predictions, references, **kwargs) -> float:
   """The metric as papers report it (x100). `predictions`/`references` as the metric
   function takes them: cider dicts; vqa_accuracy strings + answer lists; roc_auc scores +
-  labels (note: predictions = scores); accuracy predictions + labels; box_accuracy boxes
-  (or None) + reference box lists."""
+  labels (note: predictions = scores); accuracy predictions + labels; pope_f1 yes/no
+  answers + labels; box_accuracy boxes (or None) + reference box lists."""
   fns: dict[str, Callable[..., float]] = {
       CIDER: cider,
       VQA_ACCURACY: vqa_accuracy,
       ROC_AUC: lambda p, r, **kw: roc_auc(r, p, **kw),
       ACCURACY: accuracy,
+      POPE_F1: lambda p, r: pope(p, r)["f1"],
       BOX_ACCURACY: box_accuracy,
   }
   if metric not in fns:

@@ -125,7 +125,7 @@ def apply(protocol: Protocol, task: Task, explicit_options: frozenset[str] = fro
   """`task` with the protocol's template and VQA metric variant (unless `vqa_metric` was
   given as a task option, named in `explicit_options`). Mutates and returns `task`."""
   task.template = template_for(protocol, task)
-  if (task.kind == VQA and protocol.vqa_metric is not None
+  if (task.kind == VQA and task.metric == metrics.VQA_ACCURACY and protocol.vqa_metric is not None
       and "vqa_metric" not in explicit_options):
     task.metric_options["variant"] = protocol.vqa_metric
   return task
@@ -138,6 +138,8 @@ def postprocess_fn(protocol: Protocol, task: Task) -> Callable[[str], str]:
             else metrics.postprocess_caption)
   if task.kind != VQA:
     raise ValueError(f"task {task.name!r} of kind {task.kind!r} does not generate text")
+  if task.metric == metrics.POPE_F1:  # POPE reads yes / no from the whole answer
+    return metrics.pope_answer
   post = (metrics.postprocess_vqa_openflamingo if protocol.postprocess == OPENFLAMINGO
           else metrics.postprocess_vqa)
   if protocol.okvqa_stem and task.name == "okvqa":

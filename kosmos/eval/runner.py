@@ -39,6 +39,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from kosmos.data import chat as chat_lib
+from kosmos.data import records
 from kosmos.eval import demos as demos_lib
 from kosmos.eval import grounding as grounding_eval
 from kosmos.eval import metrics
@@ -140,6 +142,9 @@ def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]],
   if task.kind == tasks_lib.CAPTION:
     return metrics.score(metrics.CIDER, {p["id"]: p["prediction"] for p in predictions},
                          {p["id"]: p["references"] for p in predictions}, **task.metric_options)
+  if task.metric == metrics.POPE_F1:
+    return metrics.score(metrics.POPE_F1, [p["prediction"] for p in predictions],
+                         [p["references"][0] for p in predictions])
   if task.kind == tasks_lib.VQA:
     scored = [p for p in predictions if p["references"]]
     if not scored:
@@ -165,17 +170,40 @@ def blank(prompt: prompts_lib.Prompt, image_size: int) -> prompts_lib.Prompt:
   return dataclasses.replace(prompt, segments=segments)
 
 
+def score_details(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> dict | None:
+  """Figures a task reports beside its metric: its `extra_metrics` (Flickr30k Entities'
+  merged-box R@1), or POPE's accuracy, precision, recall, F1 and yes-ratio (x100) and its
+  counts; None for other tasks."""
+  if task.extra_metrics:
+    return {name: score_predictions(task, predictions, options)
+            for name, options in task.extra_metrics.items()}
+  if task.metric != metrics.POPE_F1:
+    return None
+  figures = metrics.pope([p["prediction"] for p in predictions],
+                         [p["references"][0] for p in predictions])
+  return {k: v if k in ("tp", "fp", "tn", "fn") else 100.0 * v for k, v in figures.items()}
+
+
+def chat_prompt(template: chat_lib.ChatTemplate, prompt: prompts_lib.Prompt) -> prompts_lib.Prompt:
+  """A 0-shot prompt as one user turn of a chat template, the assistant's turn open."""
+  conversation = [{"turn": records.USER}, *prompt.segments, {"turn": records.ASSISTANT}]
+  return dataclasses.replace(prompt, segments=chat_lib.prompt_segments(template, conversation))
+
+
 def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence,
               demos: Sequence[Sequence], *, text_only: bool, settings: Settings,
               progress: Callable[[int], Any] | None = None,
               blank_images: bool = False,
-              protocol: str | protocols_lib.Protocol = protocols_lib.KOSMOS
+              protocol: str | protocols_lib.Protocol = protocols_lib.KOSMOS,
+              chat_template: chat_lib.ChatTemplate | None = None
               ) -> list[dict[str, Any]]:
   """Predictions for `queries` (this process's), each {"id", "prediction", "raw" |
   "logprobs", "references" | "label"}; `demos[i]` are query i's demonstrations.
   blank_images: every image (demonstrations' and query's) replaced by `BLANK_GRAY`.
   protocol: how classes are scored ("logprobs" = summed or per-token mean log-likelihood
-  per class) and generations post-processed (kosmos.eval.protocols)."""
+  per class) and generations post-processed (kosmos.eval.protocols).
+  chat_template: each prompt (no demonstrations allowed) becomes one user turn of this
+  template (`chat_prompt`) and its stop string ends the answers."""
   protocol = protocols_lib.get_protocol(protocol)
   template = prompts_lib.get_template(task.template, task.template_overrides)
   classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
@@ -191,6 +219,12 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
   built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
                                     else (), text_only_demos=text_only)
            for q, d in zip(queries, demos)]
+  if chat_template is not None:
+    if any(demos):
+      raise ValueError("a chat-template prompt holds one user turn: no demonstrations")
+    built = [chat_prompt(chat_template, b) for b in built]
+    settings = dataclasses.replace(settings, stop_strings=settings.stop_strings + (
+        (chat_template.stop,) if chat_template.stop else ()))
   if blank_images:
     built = [blank(b, engine.image_size) for b in built]
   out = []
@@ -233,7 +267,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
              blank_images: bool = False,
              protocol: str | protocols_lib.Protocol = protocols_lib.KOSMOS,
              rices_embed_fn: demos_lib.EmbedFn | None = None,
-             rices_embedder: str = "own_vision") -> dict[str, Any]:
+             rices_embedder: str = "own_vision", chat: bool = False) -> dict[str, Any]:
   """Evaluates one task at several shot counts (module docstring). Returns a results dict
   with "rows" (one per shot count) and "predictions" {shots: [per-trial prediction lists]}.
   blank_images: the image ablation, every image shown as uniform gray (`blank`).
@@ -243,7 +277,10 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     takes its place (so config-driven evals can name one).
   rices_embed_fn / rices_embedder: RICES features from another tower (e.g.
     kosmos.eval.rices_towers.load) and its name for the feature cache; default: the
-    evaluated model's own vision tower."""
+    evaluated model's own vision tower.
+  chat: render each query as one user turn of the config's chat template
+    (config.tokenizer.chat_template, kosmos.data.chat) and generate the assistant's answer;
+    shots must be [0], and no demonstrations are shown (not even text-only ones)."""
   task_options = dict(task_options or {})
   protocol = protocols_lib.get_protocol(task_options.pop("protocol", protocol))
   if isinstance(task, str):
@@ -257,6 +294,10 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
   if engine is None:
     engine = engine_lib.Engine(build_model(config, params, mesh), config, mesh=mesh,
                                length_multiple=128)
+  chat_template = chat_lib.from_config(config.tokenizer) if chat else None
+  if chat and any(shots):
+    raise ValueError(f"chat evaluation shows no demonstrations: it needs --shots 0, not "
+                     f"{list(shots)}")
   mine = _local_indices(len(queries))
   local = [queries[i] for i in mine]
 
@@ -280,10 +321,11 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     k = demos_lib.effective_shots(shot)
     fixed_demos = task.demos_for is not None
     shot_trials = 1 if fixed_demos or by_rices(shot) else trials
-    values, shot_predictions = [], []
-    extra_values: dict[str, list[float]] = {}
+    values, shot_predictions, details = [], [], []
     for trial in range(shot_trials):
-      if fixed_demos:
+      if chat_template is not None:
+        demos = [[] for _ in local]
+      elif fixed_demos:
         demos = [task.demos_for(q, k) for q in local]
       elif by_rices(shot):
         demos = [rices_demos[i][-k:] for i in mine]  # k >= 1
@@ -292,20 +334,18 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
         demos = [random_demos.select(q, k) for q in local]
       preds = run_trial(engine, task, local, demos, text_only=shot == 0, settings=settings,
                         progress=bar.update if bar else None, blank_images=blank_images,
-                        protocol=protocol)
+                        protocol=protocol, chat_template=chat_template)
       preds = _allgather_json(preds)
       values.append(score_predictions(task, preds))
-      for name, options in task.extra_metrics.items():
-        extra_values.setdefault(name, []).append(score_predictions(task, preds, options))
+      details.append(score_details(task, preds))
       shot_predictions.append(preds)
     mean, std = metrics.mean_std(values)
-    extra = {name: dict(zip(("values", "mean", "std"), (v,) + metrics.mean_std(v)))
-             for name, v in extra_values.items()}
     source = "task" if fixed_demos else ("rices" if by_rices(shot) else "random")
     rows.append({"shots": shot, "metric": task.metric, "values": values, "mean": mean,
                  "std": std, "trials": shot_trials, "num_queries": len(queries),
-                 "demos": f"text_only_{source}" if shot == 0 else source,
-                 **({"extra": extra} if extra else {})})
+                 "demos": f"text_only_{source}" if shot == 0 else source})
+    if details[0] is not None:
+      rows[-1]["details"] = details
     predictions[str(shot)] = shot_predictions
   if bar:
     bar.close()
@@ -313,6 +353,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
           "predictions": predictions, "skipped": dict(task.skipped),
           "settings": dataclasses.asdict(settings), "seed": seed, "blank_images": blank_images,
           "protocol": protocol.name, "metric_options": dict(task.metric_options),
+          "chat_template": dataclasses.asdict(chat_template) if chat_template else None,
           "rices_embedder": rices_embedder if rices_selector is not None else None,
           "template": dataclasses.asdict(prompts_lib.get_template(task.template,
                                                                   task.template_overrides))}
@@ -331,9 +372,10 @@ def format_table(result: dict[str, Any]) -> str:
            f"{'shots':>5}  {'mean':>8}  {'std':>7}  {'trials':>6}  {'queries':>7}"]
   for row in result["rows"]:
     lines.append(f"{row['shots']:>5}  {row['mean']:>8.2f}  {row['std']:>7.2f}  "
-                 f"{row['trials']:>6}  {row['num_queries']:>7}"
-                 + "".join(f"  {name} {v['mean']:.2f} ± {v['std']:.2f}"
-                           for name, v in row.get("extra", {}).items()))
+                 f"{row['trials']:>6}  {row['num_queries']:>7}")
+    for figures in row.get("details", ()):
+      lines.append("       " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in figures.items()))
   return "\n".join(lines)
 
 

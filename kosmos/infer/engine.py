@@ -23,7 +23,7 @@ of them with the same error instead of leaving the others waiting in a collectiv
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -85,6 +85,9 @@ class Engine:
     self.decode_fn = generate_lib.jit(generate_lib.decode)(self.graphdef)
     self.beam_fn = generate_lib.jit(beam.search)(self.graphdef)
     self.score_fn = generate_lib.jit(score_lib.score)(self.graphdef)
+    self.stream_start_fn = generate_lib.jit(generate_lib.stream_start)(self.graphdef)
+    self.stream_step_fn = generate_lib.jit(generate_lib.stream_step,
+                                           donate_argnums=(2,))(self.graphdef)
     self.mesh = mesh
     self.rules = tuple((name, tuple(t) if isinstance(t, list) else t)
                        for name, t in config.get("sharding_rules", ()))
@@ -224,6 +227,31 @@ class Engine:
       if progress is not None:
         progress(len(idx))
     return results  # type: ignore[return-value]
+
+  def stream(self, prompt: prompt_lib.Encoded, *, max_new_tokens: int = 20,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int = 0) -> Iterator[int]:
+    """Yields the continuation of one encoded prompt token by token, up to and including a
+    stop id: the tokens `generate` returns for it with the same options and seed (one
+    process; the prompt padded as `generate` pads it)."""
+    if self._multi_process():
+      raise ValueError("Engine.stream runs in one process")
+    if temperature <= 0.0 or top_k == 1:
+      temperature, top_k, top_p = 0.0, 0, 1.0
+    options = self._options(max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p)
+    (_, batch), = self._chunks([prompt], self.row_multiple, extra_tokens=max_new_tokens)
+    logits, cache = self.stream_start_fn(self.state, self._put(batch), options=options)
+    lengths = self._put({"lengths": batch["lengths"]})["lengths"]
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0)  # `generate`'s first chunk
+    for i in range(max_new_tokens):
+      rng, sub = jax.random.split(rng)
+      token, logits, cache = self.stream_step_fn(self.state, logits, cache, lengths + i, sub,
+                                                 options=options)
+      token = int(np.asarray(token)[0])
+      yield token
+      if token in options.stop_ids:
+        return
 
   # --------------------------------------------------------------------------- score
 

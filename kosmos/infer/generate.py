@@ -70,15 +70,16 @@ def is_stop(tokens_b: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
   return jnp.isin(tokens_b, jnp.asarray(stop_ids, jnp.int32))
 
 
-def jit(fn):
+def jit(fn, donate_argnums: tuple[int, ...] = ()):
   """Turns `fn(model, *args, options)` into `bind(graphdef)` -> a `jax.jit` of
   `(state, *args, options=...)` (options static, traced under its mesh). The graph
-  definition is closed over rather than static: it holds ConfigDicts, which do not hash."""
+  definition is closed over rather than static: it holds ConfigDicts, which do not hash.
+  `donate_argnums` index `(state, *args)` (e.g. a KV cache updated in place)."""
   def bind(graphdef: nnx.GraphDef):
     def run(state, *args, options):
       with mesh_context(options):
         return fn(nnx.merge(graphdef, state), *args, options=options)
-    return jax.jit(run, static_argnames=("options",))
+    return jax.jit(run, static_argnames=("options",), donate_argnums=donate_argnums)
   return bind
 
 
@@ -121,3 +122,23 @@ def decode(model, batch: dict[str, jax.Array], rng: jax.Array, *,
            jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.float32), rng)
   _, _, _, out_bt, _, count_b, logprob_b, _ = jax.lax.while_loop(cond, body, carry)
   return {"tokens": out_bt, "num_tokens": count_b, "logprob": logprob_b}
+
+
+def stream_start(model, batch: dict[str, jax.Array], *, options: Options):
+  """Streaming, step 0 (trace under `jit`): the prefill of `decode` -> (logits [b, V] of
+  the next token, cache of P + max_new_tokens slots)."""
+  b, p = batch["tokens"].shape
+  cache = cache_lib.init(model.decoder.config, b, p + options.max_new_tokens)
+  return cache_lib.prefill(model, batch, cache)
+
+
+def stream_step(model, logits_bv: jax.Array, cache, index_b: jax.Array, rng: jax.Array, *,
+                options: Options):
+  """Streaming, one token (trace under `jit`): chooses it from `logits_bv` as `decode`'s
+  loop body does and runs it at slot `index_b` -> (token [b], next logits, cache). With
+  `decode`'s rng sequence the tokens are `decode`'s (`Engine.stream`)."""
+  logits_bv = sampling.ban(logits_bv, options.banned_ids)
+  token_b = sampling.choose(logits_bv, rng, temperature=options.temperature,
+                            top_k=options.top_k, top_p=options.top_p)
+  next_logits_bv, cache = cache_lib.step(model, token_b, index_b, cache)
+  return token_b, next_logits_bv, cache

@@ -209,6 +209,13 @@ class Decoder(nnx.Module):
       aux["cache"] = new_cache
     return (self.logits(hidden) if return_logits else None), aux
 
+  def head_weight(self) -> jax.Array:
+    """The output projection as [vocab, d] in the compute dtype (the trainer's chunked
+    loss, kosmos.train.loss.chunked_terms, projects with it)."""
+    if self.lm_head is None:
+      return self.embed_tokens.embedding.value.astype(self.embed_tokens.dtype)
+    return self.lm_head.kernel.value.astype(self.lm_head.dtype).T
+
   def logits(self, hidden_btd: jax.Array) -> jax.Array:
     """Final hidden states -> logits [b, t, vocab] float32."""
     if self.lm_head is None:

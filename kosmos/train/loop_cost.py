@@ -17,7 +17,8 @@ Pallas kernels are invisible to it either way and are counted apart (kernel acco
 
 Loops: each scanned stack has a frozen and a trained segment (kosmos.model.stack), each a
 `lax.scan` (forward, and its transpose in the backward pass: both take the unroll); the
-step's micro-batch loop when `optim.accum_steps` > 1.
+loss's chunks (`optim.loss_chunk`, kosmos.train.loss); the step's micro-batch loop when
+`optim.accum_steps` > 1 (the others run inside it).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ KEYS = ("flops", "bytes_accessed", "transcendentals", "optimal_seconds")
 
 @dataclasses.dataclass(frozen=True)
 class Loop:
-  name: str  # e.g. "decoder.blocks[trained]", "vision.blocks[frozen]", "micro_batches"
+  name: str  # e.g. "decoder.blocks[trained]", "vision.blocks[frozen]", "loss_chunks", "micro_batches"
   iterations: int
-  path: tuple = ()  # module path of the stack ('' for the micro-batch loop)
+  path: tuple = ()  # module path of the stack; ("loss",) the loss's chunks; () micro-batches
   segment: int = 0  # 0 frozen, 1 trained
 
 
@@ -69,6 +70,9 @@ def loops(config: Any, run: Any) -> list[Loop]:
     for segment, length in enumerate((frozen, stop - frozen)):
       if length > 1:
         out.append(Loop(f"{name}[{('frozen', 'trained')[segment]}]", length, tuple(path), segment))
+  chunk, seq_len = int(config.optim.get("loss_chunk", 0)), int(config.data.seq_len)
+  if 0 < chunk < seq_len and seq_len // chunk > 1:
+    out.append(Loop("loss_chunks", seq_len // chunk, ("loss",)))
   accum = int(config.optim.accum_steps)
   if accum > 1:
     out.append(Loop("micro_batches", accum))
@@ -79,6 +83,8 @@ def unrolled(run: Any, loop: Loop, unroll: int = 2) -> Any:
   """`run` (a step.Setup) whose step unrolls `loop` by `unroll`."""
   if not loop.path:
     return dataclasses.replace(run, accum_unroll=unroll)
+  if loop.path == ("loss",):
+    return dataclasses.replace(run, loss_unroll=unroll)
   model = _abstract_model(run)
   module = model
   for key in loop.path:

@@ -45,7 +45,7 @@ from kosmos.train import optimizer as optimizer_lib
 # Keys of the batch that go to the device (the rest, e.g. data_stats, stays on the host).
 DEVICE_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images",
                "image_mask", "vectors", "vector_mask", "kind_ids")
-KINDS = tuple(packing.KIND_IDS)  # text, pair, interleaved
+KINDS = tuple(packing.KIND_IDS)  # text, pair, interleaved, conversation
 
 
 @flax.struct.dataclass
@@ -66,6 +66,7 @@ class Setup:
   trainable: freeze.Trainable
   layer_masks: dict  # {flat param key: [L] bool} of partly trained stacked params
   accum_unroll: int = 1  # lax.scan unroll of the micro-batch loop (kosmos-compile's cost)
+  loss_unroll: int = 1  # lax.scan unroll of the loss's chunk loop (kosmos-compile's cost)
 
 
 def _split(model: nnx.Module, trainable: freeze.Trainable):
@@ -170,11 +171,12 @@ def make_train_step(config: ml_collections.ConfigDict, run: Setup) -> Callable:
       model = nnx.merge(run.graphdef, p, frozen)
       if chunk:
         _, aux = model(batch, return_logits=False)
-        terms = loss_lib.chunked_terms(model.decoder.logits, aux["hidden"], batch, z_loss, chunk)
+        terms = loss_lib.chunked_terms(aux["hidden"], model.decoder.head_weight(), batch,
+                                       z_loss, chunk, unroll=run.loss_unroll)
       else:
         logits, _ = model(batch)
         terms = loss_lib.loss_terms(logits, batch, z_loss)
-      return terms["ce_sum"] + terms["z_sum"], terms
+      return terms.pop("objective"), terms
     return jax.grad(loss_fn, has_aux=True)(params)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):

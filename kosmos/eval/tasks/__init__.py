@@ -19,6 +19,9 @@ pass loader options). Each loader module documents its file format.
     tfds            any TFDS dataset: options of `tfds_task` (dataset=..., kind=..., keys)
     binding         episodes.jsonl (fast-binding episodes, e.g. the shapes world's
                     eval/binding/); each episode's support set is its demonstrations
+    pope            coco_pope_{split}.json (split=random|popular|adversarial, default
+                    random; questions=PATH for another file), images data_dir/val2014/;
+                    zero-shot, reports accuracy, precision, recall, F1, yes-ratio
     refcoco, refcoco+, refcocog
                     referring expression comprehension (accuracy at IoU >= 0.5):
                     MDETR's final_<name>_{train,<test_split>}.json (test_split=val by
@@ -49,6 +52,7 @@ from kosmos.eval.tasks.example import (
     CAPTION, CLASSIFICATION, GROUNDING, KINDS, MULTIPLE_CHOICE, VQA, Example, Task,
     sample_eval_set)
 from kosmos.eval.tasks.flickr_entities import flickr_entities_task
+from kosmos.eval.tasks.pope import SPLITS as POPE_SPLITS, pope_task
 from kosmos.eval.tasks.refexp import NAMES as REFEXP_NAMES, refexp_task, reg_task
 from kosmos.eval.tasks.tfds_source import tfds_task
 from kosmos.eval.tasks.vqa import vqa_task
@@ -57,7 +61,7 @@ __all__ = ["CAPTION", "CLASSIFICATION", "GROUNDING", "KINDS", "MULTIPLE_CHOICE",
            "Example", "Task", "refexp_task", "reg_task", "flickr_entities_task",
            "TASKS", "load_task", "sample_eval_set", "karpathy_task", "vqa_task",
            "hateful_memes_task", "image_folder_task", "multiple_choice_task", "tfds_task",
-           "binding_task", "TEMPLATE_OPTIONS"]
+           "binding_task", "pope_task", "TEMPLATE_OPTIONS"]
 TEMPLATE_OPTIONS = ("prompt", "target", "separator")
 
 
@@ -108,10 +112,18 @@ TASKS: dict[str, Callable[..., Task]] = {
     "binding": lambda d, **o: binding_task(
         o.pop("jsonl_path", os.path.join(d, "episodes.jsonl")), **o),
     "flickr30k_entities": flickr_entities_task,
+    "pope": lambda d, **o: _pope(d, **o),
 }
 for _name in REFEXP_NAMES:
   TASKS[_name] = lambda d, _n=_name, **o: refexp_task(_n, d, **o)
   TASKS[f"{_name}_reg"] = lambda d, _n=_name, **o: reg_task(_n, d, **o)
+
+
+def _pope(d: str, split: str = "random", **o: Any) -> Task:
+  if split not in POPE_SPLITS:
+    raise ValueError(f"pope split={split!r}; valid: {POPE_SPLITS}")
+  return pope_task(**{**dict(questions=os.path.join(d, f"coco_pope_{split}.json"),
+                             image_dir=os.path.join(d, "val2014"), name=f"pope_{split}"), **o})
 
 
 def load_task(name: str, data_dir: str, **options: Any) -> Task:

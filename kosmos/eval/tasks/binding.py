@@ -19,10 +19,9 @@ Rank classification over the episode's choices (`Example.choices`), metric accur
 from __future__ import annotations
 
 import collections
-import json
 import os
 
-from kosmos.eval.tasks.example import MULTIPLE_CHOICE, Example, Task, check_unique_ids
+from kosmos.eval.tasks.example import MULTIPLE_CHOICE, Example, Task, check_unique_ids, read_jsonl
 
 
 def _episode(row: dict, root: str, skipped: collections.Counter) -> tuple[Example, list[Example]] | None:
@@ -53,19 +52,11 @@ def binding_task(jsonl_path: str, *, name: str = "binding", template: str = "bin
   root = os.path.dirname(os.path.abspath(jsonl_path))
   skipped: collections.Counter = collections.Counter()
   queries, supports = [], {}
-  with open(jsonl_path, encoding="utf-8") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        skipped["bad_json_line"] += 1
-        continue
-      parsed = _episode(row, root, skipped)
-      if parsed is not None:
-        queries.append(parsed[0])
-        supports[parsed[0].id] = parsed[1]
+  for _, row in read_jsonl(jsonl_path, skipped):
+    parsed = _episode(row, root, skipped)
+    if parsed is not None:
+      queries.append(parsed[0])
+      supports[parsed[0].id] = parsed[1]
   check_unique_ids(queries, jsonl_path)
   if not queries:
     raise ValueError(f"{jsonl_path}: no usable episodes (skipped: {dict(skipped)})")

@@ -18,35 +18,21 @@ Example ids: the meme id, the image path relative to the split directory, or
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Mapping
 
 from kosmos.eval.tasks.example import (
-    CLASSIFICATION, MULTIPLE_CHOICE, Example, Task, check_unique_ids)
+    CLASSIFICATION, MULTIPLE_CHOICE, Example, Task, check_unique_ids, read_jsonl)
 
 HATEFUL_MEMES_CLASSES = ("no", "yes")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".jpe")
-
-
-def _read_jsonl(path: str, skipped: collections.Counter) -> list[tuple[int, dict]]:
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rows.append((lineno, json.loads(line)))
-      except json.JSONDecodeError:
-        skipped["bad_json_line"] += 1
-  return rows
 
 
 def read_hateful_memes(jsonl_path: str, image_dir: str,
                        skipped: collections.Counter) -> list[Example]:
   root = os.path.dirname(os.path.abspath(jsonl_path))
   out = []
-  for _, row in _read_jsonl(jsonl_path, skipped):
+  for _, row in read_jsonl(jsonl_path, skipped):
     if row.get("label") not in (0, 1):
       skipped["no_label"] += 1
       continue
@@ -127,7 +113,7 @@ def image_folder_task(name: str, *, train_dir: str, test_dir: str,
 def read_multiple_choice(jsonl_path: str, skipped: collections.Counter) -> list[Example]:
   stem = os.path.splitext(os.path.basename(jsonl_path))[0]
   out = []
-  for lineno, row in _read_jsonl(jsonl_path, skipped):
+  for lineno, row in read_jsonl(jsonl_path, skipped):
     question = row.get("question", row.get("context"))
     choices = row.get("choices")
     label = row.get("label")

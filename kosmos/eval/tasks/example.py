@@ -21,7 +21,7 @@ class names for rank classification, and counts of skipped inputs by reason. Opt
 model's own training format), `demos_for(query, k)`, a task's own demonstrations for
 a query (fast-binding episodes carry their support sets) used instead of pool selection,
 and `extra_metrics` {name: metric options}: the task metric again with other options,
-reported beside it (Flickr30k Entities' merged-box protocol).
+reported beside it in each row's "details" (Flickr30k Entities' merged-box protocol).
 
 A GROUNDING task generates location tokens for a phrase of the prompt; its prediction is
 the first generated box in pixels, scored against the example's `boxes` (box_accuracy).
@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -114,3 +115,18 @@ def check_unique_ids(examples: Sequence[Example], where: str) -> None:
   dupes = [i for i, c in counts.items() if c > 1]
   if dupes:
     raise ValueError(f"{where}: duplicate example ids, e.g. {dupes[:3]!r}")
+
+
+def read_jsonl(path: str, skipped: collections.Counter) -> list[tuple[int, dict]]:
+  """(line number, object) of each non-blank line; undecodable lines are counted in
+  `skipped["bad_json_line"]`."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append((lineno, json.loads(line)))
+      except json.JSONDecodeError:
+        skipped["bad_json_line"] += 1
+  return rows
