@@ -219,3 +219,17 @@ def test_workdirs_saved_before_location_tokens_still_resume(tmp_path):
   config.tokenizer.grounding.update(grounding.trained_ids(300, 4))
   with pytest.raises(ValueError, match="tokenizer.grounding"):
     trainer._check_resume_config(config, str(tmp_path))
+
+
+def test_kosmos2_config_holds_the_published_ids():
+  """configs/kosmos2.py: the published processor's ids (<image> 64003, </image> 64004, then
+  </chunk> </line> and the six tags, then the 1024 cells up to the last id 65036)."""
+  import os
+  from kosmos import configs
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = configs.load(os.path.join(root, "configs", "kosmos2.py"))
+  g = config.tokenizer.grounding
+  assert config.tokenizer.image_end_id == 64004 and g.grid == 32
+  assert [g[f] for f in grounding.TAG_FIELDS] == list(range(64007, 64013))
+  assert (g.first_patch_id, g.first_patch_id + 32 * 32 - 1) == (64013, 65036)
+  assert config.model.decoder.vocab_size == 65037
