@@ -1,8 +1,8 @@
 """An imported random-weight Kosmos-2 grounds as transformers' Kosmos-2 does.
 
 A tiny Kosmos-2 (XLM-R-layout SentencePiece model trained here, the processor's 1037 added
-tokens, random weights: with this seed greedy decoding emits text and location tokens, as the
-test checks) is saved with its processor and imported with `kosmos-import`'s code. Checks:
+tokens, random weights, then 30 Adam steps memorising one grounded caption for one image, so
+that greedy decoding writes whole `<phrase>`/`<object>` pairs) is saved with its processor and imported with `kosmos-import`'s code. Checks:
 the import holds the processor's location-token ids; kosmos encodes `<grounding>` prompts
 (and the processor's own rendering of boxes) to the processor's ids; `Engine.generate`
 produces the same ids as transformers' `generate`, and `grounding.parse` of kosmos's tagged
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -32,7 +33,12 @@ from kosmos.interop import hf_import  # noqa: E402
 from kosmos.interop import hf_tokenizer  # noqa: E402
 
 SIZE, SLOTS, NEW = 16, 4, 16
-PROMPTS = ["<grounding> the cat sat on",
+# The model memorises CAPTION on IMAGE_SEED's image first, so the first prompt is continued
+# with two whole grounded phrases; the others are continued at random.
+CAPTION = ("<grounding> the cat<phrase> sat</phrase><object><patch_index_0044><patch_index_0863>"
+           "</object> on<phrase> a mat</phrase><object><patch_index_0100><patch_index_0500></object>")
+IMAGE_SEED = 11
+PROMPTS = ["<grounding> the cat<phrase> sat</phrase>", "<grounding> the cat sat on",
            "<grounding> a dog ran over<phrase> the hills</phrase>",
            "<grounding><phrase> the cat</phrase><object><patch_index_0044><patch_index_0863>"
            "</object> sat on a mat and"]
@@ -57,14 +63,54 @@ def kosmos2(tmp_path_factory):
       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, image_size=SIZE, patch_size=8),
       latent_query_num=SLOTS)
-  model = transformers.Kosmos2ForConditionalGeneration(config).eval()
+  model = transformers.Kosmos2ForConditionalGeneration(config)
   hf_helpers.perturb_torch(model)
+  memorise(model, processor)
+  model.eval()
   src, wd = str(root / "hf"), str(root / "wd")
   model.save_pretrained(src)
   processor.save_pretrained(src)
   shutil.copyfile(model_file, os.path.join(src, "sentencepiece.bpe.model"))
   hf_import.import_hf(src, wd, log=hf_helpers.quiet)
   return model, processor, wd, vocab
+
+
+def image(seed: int) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+
+
+def hf_inputs(tokenizer, text: str) -> dict:
+  """transformers' inputs for `<s> <image> slots </image> text` (slot ids do not matter)."""
+  ids = [[0, tokenizer.convert_tokens_to_ids("<image>")] + [4] * SLOTS
+         + [tokenizer.convert_tokens_to_ids("</image>")] + tokenizer(text, add_special_tokens=False).input_ids]
+  mask = np.zeros((1, len(ids[0])), np.int64)
+  mask[0, 2:2 + SLOTS] = 1
+  return dict(input_ids=torch.tensor(ids), image_embeds_position_mask=torch.from_numpy(mask),
+              attention_mask=torch.ones((1, len(ids[0])), dtype=torch.long))
+
+
+def memorise(model, processor, steps: int = 30) -> None:
+  """Fits CAPTION (then </s>) on IMAGE_SEED's image (one thread: many contend on 2 cores)."""
+  vision = types.SimpleNamespace(pixel_mean=processor.image_processor.image_mean,
+                                 pixel_std=processor.image_processor.image_std)
+  inputs = hf_inputs(processor.tokenizer, CAPTION)
+  inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([[2]])], dim=1)
+  inputs["image_embeds_position_mask"] = torch.cat(
+      [inputs["image_embeds_position_mask"], torch.zeros((1, 1), dtype=torch.long)], dim=1)
+  inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+  pixels = hf_helpers.pixel_values(image(IMAGE_SEED)[None], vision)
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+      loss = model(pixel_values=pixels, labels=inputs["input_ids"], **inputs).loss
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+  finally:
+    torch.set_num_threads(threads)
 
 
 def test_import_holds_the_processor_location_ids(kosmos2):
@@ -100,26 +146,20 @@ def test_grounded_generation_equals_transformers(kosmos2):
   config, model = hf_helpers.load_kosmos(wd)
   tok = config.tokenizer
   engine = engine_lib.Engine(model, config)
-  rng = np.random.default_rng(3)
-  images = rng.integers(0, 256, (len(PROMPTS), SIZE, SIZE, 3)).astype(np.uint8)
+  images = [image(IMAGE_SEED)] + [image(seed) for seed in range(1, len(PROMPTS))]
   ours = engine.generate([[{"image": im}, {"text": p}] for im, p in zip(images, PROMPTS)],
                          max_new_tokens=NEW)
   location_ids = grounding.load(engine.tok, tok).ids()
-  emitted = set()
-  for prompt, image, generation in zip(PROMPTS, images, ours):
-    text_ids = processor.tokenizer(prompt, add_special_tokens=False).input_ids
-    hf_ids = np.asarray([[tok.bos_id, tok.image_start_id] + [4] * SLOTS + [tok.image_end_id]
-                         + text_ids])
-    mask = np.zeros(hf_ids.shape, np.int64)
-    mask[0, 2:2 + SLOTS] = 1
+  emitted, generated_boxes = set(), []
+  for prompt, pixels, generation in zip(PROMPTS, images, ours):
+    inputs = hf_inputs(processor.tokenizer, prompt)
     with torch.no_grad():
       out = hf_model.generate(
-          pixel_values=hf_helpers.pixel_values(image[None], config.model.vision),
-          input_ids=torch.from_numpy(hf_ids), attention_mask=torch.ones(hf_ids.shape, dtype=torch.long),
-          image_embeds_position_mask=torch.from_numpy(mask), max_new_tokens=NEW, do_sample=False,
-          num_beams=1, use_cache=True,
+          pixel_values=hf_helpers.pixel_values(pixels[None], config.model.vision), **inputs,
+          max_new_tokens=NEW, do_sample=False, num_beams=1, use_cache=True,
           suppress_tokens=list(engine_lib.default_banned_ids(engine.tok))).numpy()[0]
-    generated = out[hf_ids.shape[1]:] if len(out) > hf_ids.shape[1] else out
+    prompt_len = inputs["input_ids"].shape[1]
+    generated = out[prompt_len:] if len(out) > prompt_len else out
     assert generation.tokens == generated.tolist(), prompt
     emitted |= set(generation.tokens)
     decoded = processor.batch_decode(out[None], skip_special_tokens=True)[0]
@@ -130,5 +170,9 @@ def test_grounded_generation_equals_transformers(kosmos2):
     for entity, (_, _, boxes) in zip(ours_entities, theirs_entities):
       assert [grounding.to_pixels(b, 640, 480) for b in entity.boxes] == [
           (x1 * 640, y1 * 480, x2 * 640, y2 * 480) for x1, y1, x2, y2 in boxes]
-  # the comparison covers location tokens and text tokens in the generated part
+    generated_boxes.append(len(ours_entities) - len(grounding.parse(prompt)[1]))
+  # the comparison covers location tokens and text tokens in the generated part, and boxes
+  # the model generated (two for the memorised image, none in the prompt)
   assert emitted & location_ids and emitted - location_ids - {tok.eos_id}
+  assert generated_boxes[0] == 2 and grounding.parse(ours[0].tagged)[1][0].boxes == (
+      (12.5 / 32, 1.5 / 32, 31.5 / 32, 26.5 / 32),)
