@@ -320,7 +320,8 @@ def test_flickr_any_and_merged_box_through_the_runner(tmp_path):
   np.testing.assert_allclose(by_id["1000_0_1"]["prediction"], [2 / 21 * 64, 0, 6 / 21 * 64, 12])
   pred = by_id["1000_0_2"]["prediction"]
   any_iou = max(mdetr_box_iou(np.asarray([pred]), np.asarray(by_id["1000_0_2"]["boxes"]))[0])
-  merged_iou = mdetr_box_iou(np.asarray([pred]), np.asarray(mdetr_merge(by_id["1000_0_2"]["boxes"])))
+  merged = mdetr_merge(by_id["1000_0_2"]["boxes"])
+  merged_iou = mdetr_box_iou(np.asarray([pred]), np.asarray(merged))
   assert (any_iou >= 0.5, merged_iou[0, 0] >= 0.5) == (False, False)
   # a prediction equal to the merged box: merged-box hit, any-box miss (IoU 0.49 and 0.34)
   by_id["1000_0_2"]["prediction"] = [30, 0, 62, 46]

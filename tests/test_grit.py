@@ -58,7 +58,8 @@ def write_parquet(path) -> list[bytes]:
       "width": [64, 40, 8], "height": [32, 40, 8], "url": ["http://x/0", "http://x/1", None],
       "noun_chunks": pa.array([r[1] for r in ROWS[:1]] + [None] + [[]],
                               pa.list_(pa.list_(pa.float64()))),
-      "ref_exps": pa.array([r[2] for r in ROWS[:1]] + [None, []], pa.list_(pa.list_(pa.float64())))})
+      "ref_exps": pa.array([r[2] for r in ROWS[:1]] + [None, []],
+                           pa.list_(pa.list_(pa.float64())))})
   pq.write_table(table, path, row_group_size=2)
   return images
 

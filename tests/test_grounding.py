@@ -108,7 +108,7 @@ def test_cells_equal_transformers():
   rng = np.random.default_rng(0)
   for _ in range(2000):
     grid = int(rng.choice([4, 16, 32]))
-    x = np.sort(rng.random(2)) if rng.random() < 0.8 else np.sort(rng.integers(0, grid + 1, 2) / grid)
+    x = np.sort(rng.random(2) if rng.random() < 0.8 else rng.integers(0, grid + 1, 2) / grid)
     y = np.sort(rng.random(2))
     if x[0] == x[1] or y[0] == y[1]:
       continue

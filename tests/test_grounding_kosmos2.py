@@ -2,7 +2,8 @@
 
 A tiny Kosmos-2 (XLM-R-layout SentencePiece model trained here, the processor's 1037 added
 tokens, random weights, then 30 Adam steps memorising one grounded caption for one image, so
-that greedy decoding writes whole `<phrase>`/`<object>` pairs) is saved with its processor and imported with `kosmos-import`'s code. Checks:
+that greedy decoding writes whole `<phrase>`/`<object>` pairs) is saved with its processor
+and imported with `kosmos-import`'s code. Checks:
 the import holds the processor's location-token ids; kosmos encodes `<grounding>` prompts
 (and the processor's own rendering of boxes) to the processor's ids; `Engine.generate`
 produces the same ids as transformers' `generate`, and `grounding.parse` of kosmos's tagged
@@ -81,8 +82,8 @@ def image(seed: int) -> np.ndarray:
 
 def hf_inputs(tokenizer, text: str) -> dict:
   """transformers' inputs for `<s> <image> slots </image> text` (slot ids do not matter)."""
-  ids = [[0, tokenizer.convert_tokens_to_ids("<image>")] + [4] * SLOTS
-         + [tokenizer.convert_tokens_to_ids("</image>")] + tokenizer(text, add_special_tokens=False).input_ids]
+  boi, eoi = tokenizer.convert_tokens_to_ids(["<image>", "</image>"])
+  ids = [[0, boi] + [4] * SLOTS + [eoi] + tokenizer(text, add_special_tokens=False).input_ids]
   mask = np.zeros((1, len(ids[0])), np.int64)
   mask[0, 2:2 + SLOTS] = 1
   return dict(input_ids=torch.tensor(ids), image_embeds_position_mask=torch.from_numpy(mask),

@@ -11,7 +11,9 @@ phrases the training pipeline renders as location tokens, `kosmos.data.grounding
 of one span become one phrase with several boxes; noun chunks first, then the referring
 expressions that overlap no span already taken (`box_overlapping_span` otherwise: the
 format cannot nest phrases). A bad box is dropped and counted by reason (`BOX_REASONS`);
-its row is still written (as a plain pair when no box is left).
+its row is still written (as a plain pair when no box is left). Reasons: box_malformed,
+box_span_outside_caption, box_negative, box_inverted, box_empty, box_outside_image,
+box_overlapping_span.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from typing import Any, Iterator
 from kosmos.data.convert import common, images, parquet_io, runner
 from kosmos.data.convert.common import Context, Unit
 
-DESCRIPTION = "GRIT grounded pairs (parquet or jsonl: caption, image, noun_chunks, ref_exps) -> kind=pair + meta.boxes"
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json")
+DESCRIPTION = "GRIT grounded pairs (parquet/jsonl with noun_chunks, ref_exps) -> kind=pair + meta.boxes"
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 SPAN_KINDS = ("noun_chunks", "ref_exps")
-BOX_REASONS = ("box_malformed", "box_span_outside_caption", "box_negative", "box_inverted",
-               "box_empty", "box_outside_image", "box_overlapping_span")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  common.add_common_arguments(parser, input_help="GRIT parquet or jsonl files, directories or globs")
+  common.add_common_arguments(parser,
+                              input_help="GRIT parquet or jsonl files, directories or globs")
   parser.add_argument("--image-column", default="image",
-                      help="image bytes, a struct with `bytes`, or a path (GRIT via img2dataset: jpg)")
+                      help="image bytes, a struct with `bytes`, or a path "
+                      "(GRIT via img2dataset: jpg)")
   parser.add_argument("--text-column", default="caption", help="the caption column")
   parser.add_argument("--image-dir", default="",
                       help="directory that image paths are relative to (default: the input file's)")
