@@ -213,8 +213,9 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
       raise ValueError(f"task {task.name!r} shows or asks for boxes: the model needs location "
                        "tokens (config.tokenizer.grounding.grid > 0, e.g. configs/kosmos2.py "
                        "or an imported Kosmos-2)")
-    boxed = lambda examples: grounding_eval.with_objects(  # noqa: E731
-        examples, engine.image_size, engine.grounding.grid, sizes)
+    def boxed(examples: Sequence) -> list:
+      return grounding_eval.with_objects(examples, engine.image_size, engine.grounding.grid,
+                                         sizes)
     queries, demos = boxed(queries), [boxed(d) for d in demos]
   built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
                                     else (), text_only_demos=text_only)
