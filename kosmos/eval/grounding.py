@@ -32,9 +32,8 @@ WHOLE = (0.0, 0.0, 1.0, 1.0)
 
 
 def image_size(example: Example) -> Size:
-  """(width, height) of the example's first image, from its header: the stored orientation,
-  which COCO's and Flickr30k Entities' boxes refer to (an EXIF-rotated image would be shown
-  upright, its boxes not rotated; neither dataset relies on EXIF rotation)."""
+  """(width, height) of the example's first image, from its header (the stored orientation:
+  an image with an EXIF rotation is shown upright, its boxes are not rotated)."""
   images = example.images()
   if not images:
     raise ValueError(f"example {example.id!r} has boxes but no image")
