@@ -168,6 +168,15 @@ def test_ids_round_trip_byte_tokenizer():
   assert not set(g.tok.encode(text)) & g.ids()
 
 
+def test_location_ids_must_fit_the_model_vocabulary():
+  config = defaults.tokenizer()
+  grounding.check_vocab(config, 264)  # grounding off
+  config.grounding.update(grounding.trained_ids(264, 4))  # ids 264 .. 264 + 6 + 16 - 1
+  grounding.check_vocab(config, 286)
+  with pytest.raises(ValueError, match="ids up to 285, outside model.decoder.vocab_size=285"):
+    grounding.check_vocab(config, 285)
+
+
 def test_bad_ids_are_refused():
   config = defaults.tokenizer()
   config.grounding.update(grounding.trained_ids(4, 4))  # on top of <image> = 4

@@ -275,6 +275,20 @@ class Grounding:
     return "".join(out)
 
 
+def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+  """Raises ValueError when the location ids of `config.tokenizer` (grounding on) do not fit
+  a model vocabulary of `vocab_size` (they would index past its embedding table)."""
+  section = config.get("grounding")
+  if section is None or int(section.grid) <= 0:
+    return
+  last = max([int(section[f]) for f in TAG_FIELDS]
+             + [int(section.first_patch_id) + int(section.grid) ** 2 - 1])
+  if last >= vocab_size:
+    raise ValueError(f"config.tokenizer.grounding uses ids up to {last}, outside "
+                     f"model.decoder.vocab_size={vocab_size}: grow the vocabulary to at least "
+                     f"{last + 1} or move the location tokens")
+
+
 def load(tok, config: ml_collections.ConfigDict) -> Grounding | None:
   """The `Grounding` of `config.tokenizer` (None when its grounding section is off or absent)."""
   section = config.get("grounding")

@@ -80,6 +80,7 @@ class Engine:
                tokenizer: tokenizer_lib.Tokenizer | None = None, length_multiple: int = 32):
     self.config = config
     self.tok = tokenizer or tokenizer_lib.load(config.tokenizer)
+    grounding.check_vocab(config.tokenizer, config.model.decoder.vocab_size)
     self.grounding = grounding.load(self.tok, config.tokenizer)
     self.graphdef, self.state = nnx.split(model)
     self.decode_fn = generate_lib.jit(generate_lib.decode)(self.graphdef)

@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 from kosmos import defaults
 from kosmos import sharding
 from kosmos import workdir as workdir_lib
+from kosmos.data import grounding
 from kosmos.data import pipeline
 from kosmos.data import shards
 from kosmos.model import multimodal
@@ -180,6 +181,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   run = step_lib.setup(config, mesh)
   is_main = jax.process_index() == 0
   _check_resume_config(config, workdir)
+  grounding.check_vocab(config.tokenizer, config.model.decoder.vocab_size)
   workdir_lib.save_config(config, workdir)
   startup.summarize_and_check(config, mesh, workdir)
 
