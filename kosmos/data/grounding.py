@@ -275,14 +275,21 @@ class Grounding:
     return "".join(out)
 
 
+def location_ids(config: ml_collections.ConfigDict) -> frozenset[int]:
+  """The tag and cell ids of `config.tokenizer`'s grounding section (none when it is off or
+  absent, as in workdirs saved before it existed)."""
+  section = config.get("grounding")
+  if section is None or int(section.grid) <= 0:
+    return frozenset()
+  first = int(section.first_patch_id)
+  return (frozenset(int(section[f]) for f in TAG_FIELDS)
+          | frozenset(range(first, first + int(section.grid) ** 2)))
+
+
 def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
   """Raises ValueError when the location ids of `config.tokenizer` (grounding on) do not fit
   a model vocabulary of `vocab_size` (they would index past its embedding table)."""
-  section = config.get("grounding")
-  if section is None or int(section.grid) <= 0:
-    return
-  last = max([int(section[f]) for f in TAG_FIELDS]
-             + [int(section.first_patch_id) + int(section.grid) ** 2 - 1])
+  last = max(location_ids(config), default=-1)
   if last >= vocab_size:
     raise ValueError(f"config.tokenizer.grounding uses ids up to {last}, outside "
                      f"model.decoder.vocab_size={vocab_size}: grow the vocabulary to at least "

@@ -156,7 +156,7 @@ class SentencePieceTokenizer(_Specials):
               f"{getattr(self, field)}; set the config ids to the model's (or spm_id_offset)")
     # Specials and location tokens inside the vocab that SentencePiece would match in text
     # (user-defined pieces).
-    self._reserved = self.special_ids | _grounding_ids(config)
+    self._reserved = self.special_ids | grounding.location_ids(config)
     self._matched_specials = {}
     for i in self._reserved:
       sp_id = self._to_sp.get(i, i - self.offset)
@@ -212,15 +212,6 @@ class SentencePieceTokenizer(_Specials):
       if 0 <= sp_id < size:
         sp_ids.append(sp_id)
     return self._sp.decode(sp_ids)
-
-
-def _grounding_ids(config: ml_collections.ConfigDict) -> frozenset[int]:
-  """The tag and cell ids of `config.grounding` (none when it is off or absent)."""
-  g = config.get("grounding")
-  if g is None or int(g.grid) <= 0:
-    return frozenset()
-  return frozenset(int(g[f]) for f in grounding.TAG_FIELDS) | frozenset(range(int(g.first_patch_id),
-                                           int(g.first_patch_id) + int(g.grid) ** 2))
 
 
 def load(config: ml_collections.ConfigDict) -> Tokenizer:
