@@ -5,12 +5,14 @@
 
 Same sizes as KOSMOS-1 in the exact Kosmos-2 layout: sinusoidal positions offset by
 pad_id + 1 = 2, attention_pool connector with 64 latent queries over L2-normalised,
-post-LN'd CLIP ViT-L/14 features, vocab 65037 (XLM-R sentencepiece + grounding tokens).
+post-LN'd CLIP ViT-L/14 features, vocab 65037 (XLM-R sentencepiece + grounding tokens: config.tokenizer.grounding holds the
+processor's location-token ids, 32 x 32 grid).
 """
 
 import ml_collections
 
 from kosmos import defaults
+from kosmos.data import grounding
 from kosmos.model import connector, decoder, multimodal, vision
 
 
@@ -36,6 +38,9 @@ def get_config(arg=None):
   config.tokenizer.update(bos_id=0, pad_id=1, eos_id=2, unk_id=3, spm_id_offset=1,
                           image_start_id=64003, image_end_id=64004, image_slot_id=65037,
                           vector_slot_id=-1)
+  # The location tokens at transformers' ids: <phrase>=64007 .. <grounding>=64012,
+  # <patch_index_0000>=64013 .. <patch_index_1023>=65036 (kosmos.data.grounding).
+  config.tokenizer.grounding.update(grounding.kosmos2_ids(decoder_config.vocab_size))
   config.model.image_slot_id = config.tokenizer.image_slot_id
   config.data.sources = ml_collections.ConfigDict()
   config.mesh.update(data=1, fsdp=-1, tensor=1)

@@ -51,9 +51,19 @@ def tokenizer() -> ml_collections.ConfigDict:
       image_start_id=IMAGE_START_ID, image_end_id=IMAGE_END_ID,
       image_slot_id=IMAGE_SLOT_ID, vector_slot_id=VECTOR_SLOT_ID,
       spm_id_offset=0,  # added to SentencePiece piece ids (1 for fairseq/XLM-R, Kosmos-2)
+      grounding=grounding(),
       # how conversations are rendered (kosmos.data.chat): system prompt, role formats
       chat_template=chat.config(chat.DEFAULT),
   ))
+
+
+def grounding() -> ml_collections.ConfigDict:
+  """KOSMOS-2 location tokens (kosmos.data.grounding): a grid x grid image grid, the ids of the
+  tags <phrase> </phrase> <object> </object> </delimiter_of_multi_objects/> <grounding>, and
+  of <patch_index_0000> (the grid*grid cells follow). grid=0: no grounding."""
+  return ml_collections.ConfigDict(dict(
+      grid=0, phrase_id=-1, phrase_end_id=-1, object_id=-1, object_end_id=-1, delimiter_id=-1,
+      grounding_id=-1, first_patch_id=-1))
 
 
 def data() -> ml_collections.ConfigDict:

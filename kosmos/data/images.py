@@ -69,6 +69,13 @@ def decode(data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
   Resizes the shorter side to `image_size` (bicubic; JPEGs are first DCT-downscaled by
   `draft` to no less than that size) and center-crops the longer side. Raises ImageError.
   """
+  return decode_sized(data, image_size, max_pixels)[0]
+
+
+def decode_sized(data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+  """`decode`, and the (width, height) of the upright image it resized (for `crop_box`; a
+  JPEG may be DCT-downscaled first, which changes the size, not the normalised boxes)."""
   if not data:
     raise ImageError("empty", "image has zero bytes")
   with warnings.catch_warnings():
@@ -96,7 +103,7 @@ def decode(data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
     except Exception as e:  # OSError('image file is truncated'), decoder errors
       reason = "truncated" if "truncated" in str(e) or isinstance(e, EOFError) else "corrupt"
       raise ImageError(reason, f"cannot decode {im.format} {width}x{height}: {e}") from e
-  return resize_crop(im, image_size)
+  return resize_crop(im, image_size), im.size  # upright (and maybe drafted): what is cropped
 
 
 def _has_rotation(im: Image.Image) -> bool:
@@ -106,15 +113,47 @@ def _has_rotation(im: Image.Image) -> bool:
     return True
 
 
-def resize_crop(im: Image.Image, image_size: int) -> np.ndarray:
-  """RGB image -> uint8 [image_size, image_size, 3]: shorter side to size (bicubic), center crop."""
-  width, height = im.size
+def _window(width: int, height: int, image_size: int) -> tuple[int, int, int, int]:
+  """(resized width, resized height, crop left, crop top) of `resize_crop`."""
   scale = image_size / min(width, height)
   new_w = max(image_size, round(width * scale))
   new_h = max(image_size, round(height * scale))
-  if (new_w, new_h) != (width, height):
+  return new_w, new_h, (new_w - image_size) // 2, (new_h - image_size) // 2
+
+
+def resize_crop(im: Image.Image, image_size: int) -> np.ndarray:
+  """RGB image -> uint8 [image_size, image_size, 3]: shorter side to size (bicubic), center crop."""
+  new_w, new_h, left, top = _window(*im.size, image_size)
+  if (new_w, new_h) != im.size:
     im = im.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-  left = (new_w - image_size) // 2
-  top = (new_h - image_size) // 2
   im = im.crop((left, top, left + image_size, top + image_size))
   return np.asarray(im, dtype=np.uint8)
+
+
+# A box less visible than this after the centre crop is dropped (`crop_box`).
+MIN_VISIBLE_FRACTION = 0.5
+
+
+def crop_box(box, width: int, height: int, image_size: int,
+             min_visible: float = MIN_VISIBLE_FRACTION):
+  """A box normalised on a width x height image -> normalised on its `resize_crop`, clipped
+  to the crop; None when less than `min_visible` of its area (and at least some) remains."""
+  new_w, new_h, left, top = _window(width, height, image_size)
+  x1, y1, x2, y2 = (float(v) for v in box)
+  x1, x2 = (x1 * new_w - left) / image_size, (x2 * new_w - left) / image_size
+  y1, y2 = (y1 * new_h - top) / image_size, (y2 * new_h - top) / image_size
+  area = (x2 - x1) * (y2 - y1)
+  c = [min(max(v, 0.0), 1.0) for v in (x1, y1, x2, y2)]
+  visible = max(c[2] - c[0], 0.0) * max(c[3] - c[1], 0.0)
+  if area <= 0 or visible <= 0 or visible < min_visible * area:
+    return None
+  return tuple(c)
+
+
+def uncrop_box(box, width: int, height: int, image_size: int):
+  """The inverse of `crop_box` (without clipping): a box normalised on the crop of a
+  width x height image -> normalised on the whole image."""
+  new_w, new_h, left, top = _window(width, height, image_size)
+  x1, y1, x2, y2 = (float(v) for v in box)
+  return ((x1 * image_size + left) / new_w, (y1 * image_size + top) / new_h,
+          (x2 * image_size + left) / new_w, (y2 * image_size + top) / new_h)

@@ -52,7 +52,7 @@ KIND_IDS = {"text": 1, "pair": 2, "interleaved": 3, "conversation": 4}
 # (skipped, or repaired by dropping a bad image/vector); it drives config.data.max_bad_fraction.
 STATS = ("records", "bad_records", "record_undecodable", "no_content", "pair_without_image",
          "image_empty", "image_too_large", "image_truncated", "image_corrupt", "vector_bad",
-         "images_over_doc_cap", "vectors_disabled")
+         "images_over_doc_cap", "vectors_disabled", "boxes", "boxes_cropped_out", "boxes_bad")
 STAT_INDEX = {name: i for i, name in enumerate(STATS)}
 
 

@@ -27,7 +27,13 @@ A batch (host-local numpy, B = global_batch_size / process_count, L = seq_len):
                 the trainer pops it and sums (`accumulate_stats`).
 
 Token sequences: text `<s> text </s>`; pair `<s> <image>[N slots]</image> caption </s>`
-(image first whatever the record's order); interleaved in record order, at most
+(image first whatever the record's order); a pair whose `meta.boxes` holds
+`[start, end, x1, y1, x2, y2]` phrases (`data/prepare.py grit`), with grounding on
+(`config.tokenizer.grounding.grid` > 0), has a grounded caption: `<grounding>` then the
+caption with location tokens (`kosmos.data.grounding.render`), each box first moved onto the
+resized, centre-cropped image (`images.crop_box`; dropped when cropped out: `boxes_cropped_out`;
+kept: `boxes`; boxes that cannot be rendered leave the caption plain: `boxes_bad`);
+interleaved in record order, at most
 `max_images_per_doc` images (the rest are dropped and counted); vector segments become one
 vector-slot token each. A conversation is rendered by the chat template of
 `config.tokenizer.chat_template` (`kosmos.data.chat`: `<s>`, system prompt, role markers,
@@ -54,6 +60,7 @@ import ml_collections
 import numpy as np
 
 from kosmos.data import chat
+from kosmos.data import grounding as grounding_lib
 from kosmos.data import images as images_lib
 from kosmos.data import packing
 from kosmos.data import records
@@ -82,6 +89,7 @@ class RecordToDoc(grain.transforms.Map):
   def __init__(self, spec: DocSpec):
     self.spec = spec
     self._tok = None
+    self._grounding = False
     self._template = None
 
   @property
@@ -90,8 +98,38 @@ class RecordToDoc(grain.transforms.Map):
       self._tok = tokenizer_lib.load(ml_collections.ConfigDict(self.spec.tokenizer))
     return self._tok
 
+  @property
+  def grounding(self) -> grounding_lib.Grounding | None:
+    if self._grounding is False:  # not loaded yet (None: grounding is off)
+      self._grounding = grounding_lib.load(self.tok, ml_collections.ConfigDict(self.spec.tokenizer))
+    return self._grounding
+
   def __getstate__(self):
-    return {"spec": self.spec, "_tok": None, "_template": None}
+    return {"spec": self.spec, "_tok": None, "_grounding": False, "_template": None}
+
+  def _grounded(self, text: str, boxes: Any, size: tuple[int, int] | None,
+                counts: np.ndarray) -> list[int]:
+    """Ids of a caption with its boxes as location tokens (module docstring)."""
+    g = self.grounding
+    phrases: dict[tuple[int, int], list] = {}
+    try:
+      for entry in boxes:
+        box = tuple(float(v) for v in entry[2:6])
+        if size is not None:
+          box = images_lib.crop_box(box, *size, self.spec.image_size)
+        if box is None:
+          counts[S["boxes_cropped_out"]] += 1
+          continue
+        phrases.setdefault((int(entry[0]), int(entry[1])), []).append(box)
+      if not phrases:
+        return self.tok.encode(text)
+      ids = g.encode(grounding_lib.GROUNDING + grounding_lib.render(
+          text, [(s, e, b) for (s, e), b in phrases.items()], g.grid))
+    except (TypeError, ValueError):  # not [start, end, x1, y1, x2, y2] rows, spans overlap
+      counts[S["boxes_bad"]] += 1
+      return self.tok.encode(text)
+    counts[S["boxes"]] += sum(len(b) for b in phrases.values())
+    return ids
 
   def map(self, data: bytes) -> dict[str, Any]:
     return self.convert(data, decode_images=True)
@@ -122,11 +160,16 @@ class RecordToDoc(grain.transforms.Map):
       segments = ([s for s in segments if "image" in s] + [s for s in segments if "image" not in s])
     tokens = [tok.bos_id]
     pixels, vectors = [], []
+    boxes = record.get("meta", {}).get("boxes") if kind == "pair" else None
+    ground = bool(boxes) and isinstance(boxes, list) and self.grounding is not None
+    size = None  # of the pair's image before resizing (boxes follow its crop)
     bad = False
     for segment in segments:
       if "text" in segment:
         text = segment["text"]
-        if isinstance(text, str) and text:
+        if isinstance(text, str) and text and ground and (size or not decode_images):
+          tokens.extend(self._grounded(text, boxes, size, counts))
+        elif isinstance(text, str) and text:
           tokens.extend(tok.encode(text))
         elif not isinstance(text, str):
           bad = True
@@ -140,7 +183,8 @@ class RecordToDoc(grain.transforms.Map):
           if not isinstance(raw, bytes):
             raise images_lib.ImageError("corrupt", f"image segment is {type(raw).__name__}")
           if decode_images:
-            pixels.append(images_lib.decode(raw, spec.image_size, spec.max_image_pixels))
+            image, size = images_lib.decode_sized(raw, spec.image_size, spec.max_image_pixels)
+            pixels.append(image)
           elif not raw:
             raise images_lib.ImageError("empty", "image has zero bytes")
           else:

@@ -18,6 +18,11 @@ sequence only when the pipeline builds it (`kosmos.data.pipeline`). How:
   a character has no piece), i.e. the literal is split into characters.
 * the byte tokenizer maps bytes to ids 8..263, disjoint from the specials 0..7.
 
+The KOSMOS-2 location tokens (`config.tokenizer.grounding`, `kosmos.data.grounding`) are kept
+out of `encode` the same way: a trained model holds them as user-defined pieces
+(`train_tokenizer(..., grounding_grid=P)`), which `encode` splits into characters, and
+`decode` skips them; only `kosmos.data.grounding.Grounding` turns tags into their ids.
+
 Loading a foreign model (e.g. the XLM-R SentencePiece model shipped with Kosmos-2, whose
 fairseq/HF ids are `<s>=0 <pad>=1 </s>=2 <unk>=3` and piece ids shifted by one) is set by
 `config.tokenizer.spm_id_offset` (added to every SentencePiece piece id) and the special ids;
@@ -36,12 +41,15 @@ import sentencepiece as spm
 from array_record.python import array_record_module
 
 from kosmos import defaults
+from kosmos.data import grounding
 from kosmos.data import records
 
 SPECIAL_FIELDS = ("pad_id", "bos_id", "eos_id", "unk_id", "image_start_id", "image_end_id",
                   "image_slot_id", "vector_slot_id")
 # Pieces of the specials in models that `train_tokenizer` writes, at the fixed ids 4..7.
 CONTROL_PIECES = ("<image>", "</image>", "<image_slot>", "<vector_slot>")
+# Where `train_tokenizer(..., grounding_grid=P)` puts the location pieces (after the controls).
+GROUNDING_FIRST_ID = 4 + len(CONTROL_PIECES)
 BYTE_OFFSET = 8
 BYTE_VOCAB_SIZE = BYTE_OFFSET + 256
 
@@ -128,6 +136,7 @@ class SentencePieceTokenizer(_Specials):
       raise FileNotFoundError(f"config.tokenizer.path={config.path!r} does not exist")
     self._sp = spm.SentencePieceProcessor(model_file=config.path)
     self.offset = int(config.get("spm_id_offset", 0))
+    self._strips_spaces = self._sp.encode(" a") == self._sp.encode("a")
     size = self._sp.get_piece_size()
     self.vocab_size = max(size + self.offset, max(self.special_ids) + 1)
     sp_unk = self._sp.unk_id()
@@ -145,9 +154,11 @@ class SentencePieceTokenizer(_Specials):
           raise ValueError(
               f"{config.path!r} has {field[:-3]} at id {sp_id} but config.tokenizer.{field}="
               f"{getattr(self, field)}; set the config ids to the model's (or spm_id_offset)")
-    # Specials inside the vocab that SentencePiece would match in text (user-defined pieces).
+    # Specials and location tokens inside the vocab that SentencePiece would match in text
+    # (user-defined pieces).
+    self._reserved = self.special_ids | grounding.location_ids(config)
     self._matched_specials = {}
-    for i in self.special_ids:
+    for i in self._reserved:
       sp_id = self._to_sp.get(i, i - self.offset)
       if 0 <= sp_id < size and not (self._sp.is_control(sp_id) or self._sp.is_unknown(sp_id)
                                     or self._sp.is_unused(sp_id)):
@@ -164,7 +175,7 @@ class SentencePieceTokenizer(_Specials):
     out = []
     for ch in piece:
       sp_id = self._sp.piece_to_id(ch)
-      if sp_id != self._sp.unk_id() and self._map(sp_id) not in self.special_ids:
+      if sp_id != self._sp.unk_id() and self._map(sp_id) not in self._reserved:
         out.append(self._map(sp_id))
         continue
       for b in ch.encode("utf-8"):
@@ -182,11 +193,20 @@ class SentencePieceTokenizer(_Specials):
       ids = fixed
     return ids
 
+  def space_before(self, token_id: int) -> bool:
+    """Whether text decoded from ids starting with `token_id` lost a leading space: the piece
+    starts with SentencePiece's word marker and the model removes extra whitespace (XLM-R,
+    Kosmos-2: " a" encodes as "a" does, and decodes as "a"; transformers writes " a" after
+    an added token). Models that keep whitespace (kosmos-trained) decode runs exactly."""
+    sp_id = self._to_sp.get(token_id, token_id - self.offset)
+    return (self._strips_spaces and 0 <= sp_id < self._sp.get_piece_size()
+            and self._sp.id_to_piece(sp_id).startswith("\u2581"))
+
   def decode(self, ids: Iterable[int]) -> str:
     size = self._sp.get_piece_size()
     sp_ids = []
     for i in ids:
-      if i in self.special_ids:
+      if i in self._reserved:
         continue
       sp_id = self._to_sp.get(i, i - self.offset)
       if 0 <= sp_id < size:
@@ -226,13 +246,16 @@ def record_texts(record_dirs: Sequence[str], max_records: int = 0) -> Iterator[s
 def train_tokenizer(record_dirs: Sequence[str], vocab_size: int, out_path: str, *,
                     model_type: str = "unigram", character_coverage: float = 0.9995,
                     max_records: int = 0, max_sentence_length: int = 16384,
-                    input_sentence_size: int = 2_000_000) -> SentencePieceTokenizer:
+                    input_sentence_size: int = 2_000_000,
+                    grounding_grid: int = 0) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on the text segments of record directories.
 
   The model has `<pad>`=0 `<s>`=1 `</s>`=2 `<unk>`=3 and the control symbols `<image>`=4
   `</image>`=5 `<image_slot>`=6 `<vector_slot>`=7 (the ids of `kosmos.defaults`), byte
-  fallback on (so no text maps to `<unk>`). Writes `out_path` (and `out_path` with `.vocab`)
-  and returns the loaded tokenizer after checking those ids.
+  fallback on (so no text maps to `<unk>`). With `grounding_grid` P > 0 the six KOSMOS-2 tags
+  and P*P `<patch_index_NNNN>` follow as user-defined pieces from id 8 on (the returned
+  tokenizer's config has them: `grounding.trained_ids(8, P)`). Writes `out_path` (and
+  `out_path` with `.vocab`) and returns the loaded tokenizer after checking those ids.
   """
   if vocab_size < BYTE_VOCAB_SIZE + 8:
     raise ValueError(f"vocab_size={vocab_size} must be >= {BYTE_VOCAB_SIZE + 8} "
@@ -256,6 +279,7 @@ def train_tokenizer(record_dirs: Sequence[str], vocab_size: int, out_path: str, 
         pad_id=defaults.PAD_ID, bos_id=defaults.BOS_ID, eos_id=defaults.EOS_ID,
         unk_id=defaults.UNK_ID, pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>",
         unk_piece="<unk>", control_symbols=",".join(CONTROL_PIECES), byte_fallback=True,
+        user_defined_symbols=grounding.pieces(grounding_grid) if grounding_grid else [],
         max_sentence_length=max_sentence_length, input_sentence_size=input_sentence_size,
         shuffle_input_sentence=True, split_digits=True,
         allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
@@ -267,10 +291,13 @@ def train_tokenizer(record_dirs: Sequence[str], vocab_size: int, out_path: str, 
               "<unk>": defaults.UNK_ID, "<image>": defaults.IMAGE_START_ID,
               "</image>": defaults.IMAGE_END_ID, "<image_slot>": defaults.IMAGE_SLOT_ID,
               "<vector_slot>": defaults.VECTOR_SLOT_ID}
+  config = defaults.tokenizer()
+  config.path = out_path
+  if grounding_grid:
+    config.grounding.update(grounding.trained_ids(GROUNDING_FIRST_ID, grounding_grid))
+    expected.update(zip(grounding.pieces(grounding_grid), range(GROUNDING_FIRST_ID, 1 << 30)))
   for piece, want in expected.items():
     got = sp.piece_to_id(piece)
     if got != want:
       raise RuntimeError(f"trained model {out_path!r} has {piece} at id {got}, expected {want}")
-  config = defaults.tokenizer()
-  config.path = out_path
   return SentencePieceTokenizer(config)

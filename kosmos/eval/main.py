@@ -4,8 +4,14 @@ r"""`kosmos-eval`: few-shot evaluation of a workdir's checkpoint on one task.
         --out results/coco.json
     kosmos-eval --workdir DIR --task vqav2 --data /data/vqav2 --shots 0,4,8,16,32 \
         --trials 3 --protocol openflamingo --out results/vqav2_of.json
+    kosmos-eval --workdir K2 --task refcocog --data /data/refcoco --shots 0 \
+        --task-option 'test_split="test"' --out results/refcocog.json
     kosmos-eval --workdir DIR --task pope --data /data/pope --shots 0 --chat \
         --task-option split=adversarial --out results/pope_adversarial.json
+
+Grounding tasks (refcoco, refcoco+, refcocog, flickr30k_entities; the _reg tasks) need a
+model with location tokens (config.tokenizer.grounding: configs/kosmos2.py, an imported
+Kosmos-2, or a model trained with them).
 
 `--chat` asks each 0-shot query as one user turn of the workdir's chat template (the way
 chat-tuned models are prompted). `--protocol` picks prompts, decoding, scoring, post-processing and the VQA metric variant
@@ -94,12 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: the protocol's (kosmos 1, openflamingo 3)")
   parser.add_argument("--vqa-tokens", type=int, default=None,
                       help="default: the protocol's (5; openflamingo 10 for textvqa)")
+  parser.add_argument("--grounding-tokens", type=int, default=None,
+                      help="new tokens for a box (grounding tasks; default 8)")
   parser.add_argument("--length-penalty", type=float, default=None,
                       help="default: the protocol's (0)")
   parser.add_argument("--task-option", action="append", default=[], metavar="KEY=JSON",
                       help="loader or prompt option, e.g. json_path=\"/x/dataset_coco.json\", "
                       "separator=\".\", question_types='[\"what color is the\"]' (VQAv2), "
-                      "vqa_metric=official|official_2016|openflamingo (VQA tasks)")
+                      "vqa_metric=official|official_2016|openflamingo (VQA tasks), "
+                      "test_split=\"testA\" (RefCOCO tasks)")
   parser.add_argument("--chat", action="store_true",
                       help="ask each query as one user turn of the workdir's chat template "
                       "(config.tokenizer.chat_template) and generate the assistant's answer; "
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
   settings = runner.settings_for(protocol, args.task, caption_beams=args.caption_beams,
                                  caption_tokens=args.caption_tokens, vqa_beams=args.vqa_beams,
                                  vqa_tokens=args.vqa_tokens, length_penalty=args.length_penalty,
+                                 grounding_tokens=args.grounding_tokens,
                                  batch_size=args.batch_size)
   rices_embed_fn, rices_embedder = None, "own_vision"
   if args.rices_model:

@@ -23,12 +23,17 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from kosmos.data import grounding
 from kosmos.eval import ptb_tokenizer
 from kosmos.eval import vqa_normalize
 
 CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY = "cider", "vqa_accuracy", "roc_auc", "accuracy"
+BOX_ACCURACY = "box_accuracy"
 POPE_F1 = "pope_f1"
-METRICS = (CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY, POPE_F1)
+METRICS = (CIDER, VQA_ACCURACY, ROC_AUC, ACCURACY, POPE_F1, BOX_ACCURACY)
+# Flickr30k Entities' two protocols for a phrase with several boxes (MDETR's flickr_eval.py):
+# a hit when the prediction matches any of them, or the box enclosing them all.
+ANY_BOX, MERGED_BOX = "any_box", "merged_box"
 
 _CAPTION_CUT = re.compile(r"\n|Output|Question")
 _VQA_CUT = re.compile(r"Question|Answer|Short|\n")
@@ -140,6 +145,32 @@ def accuracy(predictions: Sequence, labels: Sequence) -> float:
   return sum(int(p == l) for p, l in zip(predictions, labels)) / len(predictions)
 
 
+def merged_box(boxes: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+  """The smallest box enclosing all `boxes` (x1, y1, x2, y2)."""
+  b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+  return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+
+
+def box_accuracy(predictions: Sequence[Sequence[float] | None],
+                 references: Sequence[Sequence[Sequence[float]]], *, protocol: str = ANY_BOX,
+                 iou_threshold: float = 0.5) -> float:
+  """Fraction of predicted boxes (x1, y1, x2, y2; None = no box, a miss) whose IoU with the
+  reference boxes of their query reaches `iou_threshold`: with ANY_BOX the best of them,
+  with MERGED_BOX their enclosing box. Accuracy@0.5 of RefCOCO, R@1 of Flickr30k Entities."""
+  _same_length(predictions, references, "box_accuracy")
+  if not predictions:
+    raise ValueError("box_accuracy needs at least one prediction")
+  if protocol not in (ANY_BOX, MERGED_BOX):
+    raise ValueError(f"box_accuracy protocol {protocol!r} not in {(ANY_BOX, MERGED_BOX)}")
+  hits = 0
+  for box, targets in zip(predictions, references):
+    if box is None or not targets:
+      continue
+    targets = [merged_box(targets)] if protocol == MERGED_BOX else targets
+    hits += max(grounding.iou(box, t) for t in targets) >= iou_threshold
+  return hits / len(predictions)
+
+
 def class_probabilities(logprobs_nc: np.ndarray) -> np.ndarray:
   """Per-class log-likelihoods [N, C] -> probabilities [N, C] (softmax over the C classes).
 
@@ -199,13 +230,14 @@ def score(metric: str, predictions, references, **kwargs) -> float:
   """The metric as papers report it (x100). `predictions`/`references` as the metric
   function takes them: cider dicts; vqa_accuracy strings + answer lists; roc_auc scores +
   labels (note: predictions = scores); accuracy predictions + labels; pope_f1 yes/no
-  answers + labels."""
+  answers + labels; box_accuracy boxes (or None) + reference box lists."""
   fns: dict[str, Callable[..., float]] = {
       CIDER: cider,
       VQA_ACCURACY: vqa_accuracy,
       ROC_AUC: lambda p, r, **kw: roc_auc(r, p, **kw),
       ACCURACY: accuracy,
       POPE_F1: lambda p, r: pope(p, r)["f1"],
+      BOX_ACCURACY: box_accuracy,
   }
   if metric not in fns:
     raise ValueError(f"unknown metric {metric!r}; valid: {METRICS}")

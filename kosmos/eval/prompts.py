@@ -19,7 +19,11 @@ KOSMOS-1-style defaults (`TEMPLATES`): captioning "An image of" -> " {caption}";
 "Question: {question} Answer:" -> " {answer}"; classification "This is an image of" ->
 " {answer}"; HatefulMemes as Flamingo (meme text in the prompt, yes/no target); Rendered
 SST-2 as a sentiment question; text multiple choice "{question}\\nAnswer:"; fast
-binding (Frozen) "This is a" -> " {answer}" with "." after each support item.
+binding (Frozen) "This is a" -> " {answer}" with "." after each support item. KOSMOS-2's
+grounding tasks: referring expression comprehension "<grounding><phrase> {phrase}</phrase>"
+-> "{object}" (the location tokens); phrase grounding the same after the sentence's words
+before the phrase; referring expression generation "<grounding><phrase> It</phrase>{object}
+is" -> " {expression}".
 `openflamingo_*`: OpenFlamingo's eval prompts (see kosmos.eval.protocols); their targets
 have no leading space, as OpenFlamingo writes them ("Short answer:{answer}").
 """
@@ -51,6 +55,13 @@ TEMPLATES: dict[str, Template] = {
     "rendered_sst2": Template(prompt="Question: what is the sentiment of the opinion? Answer:"),
     "multiple_choice": Template(prompt="{question}\nAnswer:", separator="\n\n"),
     "binding": Template(prompt="This is a", separator="."),
+    # KOSMOS-2's grounding prompts ({object}: the example's boxes as location tokens,
+    # kosmos.eval.grounding): the model continues a phrase with its <object>, or describes
+    # the object shown.
+    "rec": Template(prompt="<grounding><phrase> {phrase}</phrase>", target="{object}"),
+    "phrase_grounding": Template(prompt="<grounding>{prefix}<phrase> {phrase}</phrase>",
+                                 target="{object}"),
+    "reg": Template(prompt="<grounding><phrase> It</phrase>{object} is", target=" {expression}"),
     # OpenFlamingo's eval prompts (kosmos.eval.protocols, --protocol openflamingo); the
     # image segment stands where its text has "<image>".
     "openflamingo_caption": Template(prompt="Output:", target="{caption}",

@@ -12,6 +12,11 @@ vision features or on another tower's, `kosmos.eval.rices_towers`), builds promp
     vqa              greedy, 5 new tokens, first short answer, VQA accuracy
     classification,  rank classification: sum log-likelihood of each class / choice after
     multiple_choice  the prompt (kosmos.infer.score); accuracy, or ROC AUC on P(class 1)
+    grounding        greedy, 8 new tokens, the first box linked to the query's phrase in
+                     pixels (kosmos.eval.grounding), accuracy at IoU >= 0.5 (box_accuracy)
+
+Examples with boxes (grounding, referring expression generation) need a model with location
+tokens (`config.tokenizer.grounding`); their boxes enter prompts as location tokens.
 
 Returns {"rows": [{"shots", "values" per trial, "mean", "std"}], "predictions": ...}.
 Processes split the queries (process i takes queries i::P; the Engine agrees on batch
@@ -37,6 +42,7 @@ from flax import nnx
 from kosmos.data import chat as chat_lib
 from kosmos.data import records
 from kosmos.eval import demos as demos_lib
+from kosmos.eval import grounding as grounding_eval
 from kosmos.eval import metrics
 from kosmos.eval import prompts as prompts_lib
 from kosmos.eval import protocols as protocols_lib
@@ -54,6 +60,7 @@ class Settings:
   caption_tokens: int = 20
   vqa_beams: int = 1
   vqa_tokens: int = 5
+  grounding_tokens: int = 8  # <object> <patch_index_a> <patch_index_b> </object> </s> + slack
   length_penalty: float = 0.0
   batch_size: int = 8
   stop_strings: tuple[str, ...] = ()
@@ -123,8 +130,15 @@ def _local_indices(num_queries: int) -> list[int]:
   return list(range(jax.process_index(), num_queries, jax.process_count()))
 
 
-def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> float:
-  """The task metric (x100) from saved predictions (see `run_trial` for their keys)."""
+def score_predictions(task: tasks_lib.Task, predictions: list[dict[str, Any]],
+                      metric_options: dict | None = None) -> float:
+  """The task metric (x100) from saved predictions (see `run_trial` for their keys), with
+  `metric_options` in place of the task's (for `Task.extra_metrics`)."""
+  if metric_options is not None:
+    task = dataclasses.replace(task, metric_options=dict(metric_options))
+  if task.kind == tasks_lib.GROUNDING:
+    return metrics.score(metrics.BOX_ACCURACY, [p["prediction"] for p in predictions],
+                         [p["boxes"] for p in predictions], **task.metric_options)
   if task.kind == tasks_lib.CAPTION:
     return metrics.score(metrics.CIDER, {p["id"]: p["prediction"] for p in predictions},
                          {p["id"]: p["references"] for p in predictions}, **task.metric_options)
@@ -157,8 +171,12 @@ def blank(prompt: prompts_lib.Prompt, image_size: int) -> prompts_lib.Prompt:
 
 
 def score_details(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> dict | None:
-  """Figures a task reports beside its metric: POPE's accuracy, precision, recall, F1 and
-  yes-ratio (x100) and its counts; None for other tasks."""
+  """Figures a task reports beside its metric: its `extra_metrics` (Flickr30k Entities'
+  merged-box R@1), or POPE's accuracy, precision, recall, F1 and yes-ratio (x100) and its
+  counts; None for other tasks."""
+  if task.extra_metrics:
+    return {name: score_predictions(task, predictions, options)
+            for name, options in task.extra_metrics.items()}
   if task.metric != metrics.POPE_F1:
     return None
   figures = metrics.pope([p["prediction"] for p in predictions],
@@ -189,6 +207,16 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
   protocol = protocols_lib.get_protocol(protocol)
   template = prompts_lib.get_template(task.template, task.template_overrides)
   classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
+  sizes: dict[str, tuple[int, int]] = {}
+  if any(q.boxes for q in queries):
+    if engine.grounding is None:
+      raise ValueError(f"task {task.name!r} shows or asks for boxes: the model needs location "
+                       "tokens (config.tokenizer.grounding.grid > 0, e.g. configs/kosmos2.py "
+                       "or an imported Kosmos-2)")
+    def boxed(examples: Sequence) -> list:
+      return grounding_eval.with_objects(examples, engine.image_size, engine.grounding.grid,
+                                         sizes)
+    queries, demos = boxed(queries), [boxed(d) for d in demos]
   built = [prompts_lib.build_prompt(template, d, q, candidates=task.candidates(q) if classify
                                     else (), text_only_demos=text_only)
            for q, d in zip(queries, demos)]
@@ -210,6 +238,13 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
       out.append({"id": q.id, "prediction": int(np.argmax(logprobs)), "logprobs": logprobs,
                   "label": q.label})
     return out
+  if task.kind == tasks_lib.GROUNDING:
+    gens = engine.generate([b.segments for b in built], max_new_tokens=settings.grounding_tokens,
+                           batch_size=settings.batch_size, stop_strings=settings.stop_strings,
+                           progress=progress)
+    return [grounding_eval.prediction(q, b.segments[-1].get("text", ""), g.tagged, sizes[q.id],
+                                      engine.image_size, engine.grounding.grid)
+            for q, b, g in zip(queries, built, gens)]
   caption = task.kind == tasks_lib.CAPTION
   gens = engine.generate(
       [b.segments for b in built],

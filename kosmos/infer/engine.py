@@ -7,6 +7,11 @@ over the mesh's (data, fsdp) axes, runs `generate.decode` / `beam.search` /
 `score.score`, and decodes the output. Stop strings are applied after decoding: the text is
 cut at the first occurrence of any of them.
 
+Grounding (`config.tokenizer.grounding`, KOSMOS-2 location tokens): prompt text is encoded
+with `kosmos.data.grounding.Grounding.encode` (`<grounding>`, `<phrase>`, cells as their
+ids) and each generation also carries `tagged`, its text with the tags kept, for
+`grounding.parse` (phrases and boxes); `text` drops them, as without grounding.
+
 Multi-process: every process calls `generate` / `score` with ITS OWN prompts (any number,
 even none), batches are assembled from process-local rows, and each process gets back the
 results for its own prompts. Before the first batch the processes agree (one all-gather) on
@@ -26,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from kosmos import sharding
+from kosmos.data import grounding
 from kosmos.data import tokenizer as tokenizer_lib
 from kosmos.infer import beam
 from kosmos.infer import generate as generate_lib
@@ -43,6 +49,9 @@ class Generation:
   tokens: list[int]
   logprob: float
   score: float
+  # with grounding: the text with location tags, spaced to follow the prompt's text
+  # (`grounding.parse(prompt_text + tagged)` gives the phrases and boxes)
+  tagged: str = ""
 
 
 def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
@@ -71,6 +80,8 @@ class Engine:
                tokenizer: tokenizer_lib.Tokenizer | None = None, length_multiple: int = 32):
     self.config = config
     self.tok = tokenizer or tokenizer_lib.load(config.tokenizer)
+    grounding.check_vocab(config.tokenizer, config.model.decoder.vocab_size)
+    self.grounding = grounding.load(self.tok, config.tokenizer)
     self.graphdef, self.state = nnx.split(model)
     self.decode_fn = generate_lib.jit(generate_lib.decode)(self.graphdef)
     self.beam_fn = generate_lib.jit(beam.search)(self.graphdef)
@@ -95,7 +106,8 @@ class Engine:
 
   def encode(self, segments: Sequence[dict[str, Any]]) -> prompt_lib.Encoded:
     return prompt_lib.encode(segments, self.tok, image_size=self.image_size,
-                             tokens_per_image=self.tokens_per_image)
+                             tokens_per_image=self.tokens_per_image,
+                             encode_text=self.grounding.encode if self.grounding else None)
 
   def _options(self, **kw) -> generate_lib.Options:
     kw.setdefault("stop_ids", (self.tok.eos_id,))
@@ -208,8 +220,11 @@ class Engine:
         ids = [int(t) for t in tokens[row, :counts[row]]]
         text_ids = [t for t in ids if t not in options.stop_ids]
         text = cut_at_stop_strings(self.tok.decode(text_ids), stop_strings)
+        tagged = (cut_at_stop_strings(self.grounding.decode(text_ids, continuation=True),
+                                      stop_strings)
+                  if self.grounding else "")
         results[i] = Generation(text=text, tokens=ids, logprob=float(logprob[row]),
-                                score=float(score[row]))
+                                score=float(score[row]), tagged=tagged)
       if progress is not None:
         progress(len(idx))
     return results  # type: ignore[return-value]

@@ -12,7 +12,7 @@ takes: tokens [B, P], lengths [B], images [B, M, S, S, 3], image_mask [B, M].
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -48,15 +48,19 @@ def load_image(value: Any, image_size: int) -> np.ndarray:
 
 
 def encode(segments: Sequence[Segment], tok: tokenizer_lib.Tokenizer, *, image_size: int,
-           tokens_per_image: int, bos: bool = True) -> Encoded:
-  """Tokenizes one prompt (no `</s>`); raises ValueError on a segment of unknown kind."""
+           tokens_per_image: int, bos: bool = True,
+           encode_text: Callable[[str], list[int]] | None = None) -> Encoded:
+  """Tokenizes one prompt (no `</s>`); raises ValueError on a segment of unknown kind.
+  `encode_text` tokenizes the text segments (default `tok.encode`; a grounding model passes
+  `kosmos.data.grounding.Grounding.encode`, which turns location tags into their ids)."""
+  encode_text = encode_text or tok.encode
   tokens = [tok.bos_id] if bos else []
   pixels = []
   for i, segment in enumerate(segments):
     if "text" in segment:
       if not isinstance(segment["text"], str):
         raise ValueError(f"segment {i}: text must be str, got {type(segment['text']).__name__}")
-      tokens.extend(tok.encode(segment["text"]))
+      tokens.extend(encode_text(segment["text"]))
     elif "image" in segment:
       pixels.append(load_image(segment["image"], image_size))
       tokens.extend(tokenizer_lib.image_span(tok, tokens_per_image))

@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 
 from kosmos import defaults
+from kosmos.data import grounding
 from kosmos.interop import hf_tokenizer
 from kosmos.interop import mapping
 from kosmos.model import connector as connector_lib
@@ -262,6 +263,15 @@ def _tokenizer(hf_text: dict[str, Any], **extra: int) -> ml_collections.ConfigDi
   return tok
 
 
+def kosmos2_grounding(vocab_size: int) -> ml_collections.ConfigDict:
+  """The location-token section of a Kosmos-2 vocabulary (`grounding.kosmos2_ids`: the six
+  tags and 1024 cells end it); off (grid 0) when the vocabulary cannot hold them."""
+  section = defaults.grounding()
+  if vocab_size >= hf_tokenizer.KOSMOS2_ADDED + 4:
+    section.update(grounding.kosmos2_ids(vocab_size))
+  return section
+
+
 def kosmos2_image_ids(vocab_size: int) -> dict[str, int]:
   """`<image>` / `</image>` where Kosmos2Processor puts them in a Kosmos-2 vocabulary: after
   the XLM-R pieces and `<mask>`, `</doc>`, then `<image>` `</image>` (64003 / 64004 of 65037);
@@ -303,6 +313,7 @@ def from_hf_json(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None
     config.tokenizer = _tokenizer(dict(t, pad_token_id=pad), unk_id=3,
                                   image_slot_id=t["vocab_size"], vector_slot_id=-1, spm_id_offset=1,
                                   **kosmos2_image_ids(t["vocab_size"]))
+    config.tokenizer.grounding = kosmos2_grounding(t["vocab_size"])
     return mapping.KOSMOS2, config
   if kind == "llava":
     layer = hf.get("vision_feature_layer", -2)

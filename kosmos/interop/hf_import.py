@@ -11,7 +11,9 @@ from `--config`. Without `--config` the kosmos config is inferred from config.js
 it, the config's model sections must agree with the checkpoint (differences are listed).
 The source's SentencePiece model becomes OUT/tokenizer.model (`config.tokenizer.path`); a
 Kosmos-2's `<image>` / `</image>` ids come from its tokenizer files, else from
-`Kosmos2Processor`'s layout (`hf_config.kosmos2_image_ids`). A missing or malformed source
+`Kosmos2Processor`'s layout (`hf_config.kosmos2_image_ids`); so do its location tokens
+(`config.tokenizer.grounding`: `<phrase>` ... `<patch_index_1023>`, else
+`hf_config.kosmos2_grounding`), so the imported model grounds as it was trained. A missing or malformed source
 raises `stream.BadFile` naming the file; nothing is written before every check has passed.
 Tensors are read one at a time (`stream.SafetensorsReader`) and each converted tensor
 becomes a jax.Array at once; those params are the only full copy held in memory, handed
@@ -32,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from kosmos import workdir
+from kosmos.data import grounding
 from kosmos.interop import hf_config
 from kosmos.interop import hf_export
 from kosmos.interop import mapping
@@ -204,6 +207,12 @@ def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = 
     added = _added_token_ids(src)
     if "<image>" in added and "</image>" in added:
       inferred.tokenizer.update(image_start_id=added["<image>"], image_end_id=added["</image>"])
+    cells = [added.get(grounding.patch_token(k)) for k in range(grounding.KOSMOS2_GRID ** 2)]
+    if all(added.get(t) is not None for t in grounding.TAGS) and cells[0] is not None and (
+        cells == list(range(cells[0], cells[0] + len(cells)))):  # its own location tokens
+      inferred.tokenizer.grounding.update(
+          grid=grounding.KOSMOS2_GRID, first_patch_id=cells[0],
+          **{field: added[t] for t, field in zip(grounding.TAGS, grounding.TAG_FIELDS)})
   if architecture == mapping.LLAMA:
     if config is None:
       raise hf_config.Unsupported(

@@ -31,8 +31,10 @@ from etils import epath
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
+from kosmos import defaults
 from kosmos import sharding
 from kosmos import workdir as workdir_lib
+from kosmos.data import grounding
 from kosmos.data import pipeline
 from kosmos.data import shards
 from kosmos.model import multimodal
@@ -136,6 +138,8 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     saved = workdir_lib.load_config(workdir)
   except FileNotFoundError:
     return
+  if "tokenizer" in saved and "grounding" not in saved.tokenizer:  # saved before location tokens
+    saved.tokenizer.grounding = defaults.grounding()
   old = {k: v for k, v in _flat(saved).items() if k.startswith(("model.", "tokenizer."))}
   new = {k: v for k, v in _flat(config).items() if k.startswith(("model.", "tokenizer."))}
   diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -177,6 +181,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   run = step_lib.setup(config, mesh)
   is_main = jax.process_index() == 0
   _check_resume_config(config, workdir)
+  grounding.check_vocab(config.tokenizer, config.model.decoder.vocab_size)
   workdir_lib.save_config(config, workdir)
   startup.summarize_and_check(config, mesh, workdir)
 

@@ -15,10 +15,11 @@ import dataclasses
 import glob
 import hashlib
 import os
-from typing import Any, Iterable
+import json
+from typing import Any, Iterable, Iterator
 
 from kosmos.data import images as pipeline_images
-from kosmos.data.convert import images
+from kosmos.data.convert import images, lines
 
 # Reasons for dropping an input, counted in manifest.json `dropped`. Converters may add
 # their own (documented in data/README.md); these are the shared ones.
@@ -164,6 +165,41 @@ def decode_text(data: bytes, ctx: Context, encoding: str = "utf-8") -> str | Non
   except UnicodeDecodeError:
     ctx.drop(INVALID_UTF8 if encoding.replace("-", "").lower() == "utf8" else "invalid_encoding")
     return None
+
+
+def json_objects(path: str, ctx: Context) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(location, object) of a jsonl file's lines (`lines.iter_lines`); blank lines skipped,
+  undecodable ones counted (`invalid_utf8`, `invalid_json` also for a non-object)."""
+  for location, line in lines.iter_lines(path):
+    if not line.strip():
+      continue  # blank lines separate nothing in jsonl
+    decoded = decode_text(line, ctx)
+    if decoded is None:
+      continue
+    try:
+      obj = json.loads(decoded)
+    except ValueError:
+      obj = None
+    if not isinstance(obj, dict):
+      ctx.drop(INVALID_JSON)
+      continue
+    yield location, obj
+
+
+def caption(value: Any, ctx: Context) -> str | None:
+  """A caption cell (str, or UTF-8 bytes) as is, or None after counting why it is unusable
+  (`invalid_utf8`, `missing_field`, `empty_text` for whitespace only)."""
+  if isinstance(value, bytes):
+    value = decode_text(value, ctx)
+    if value is None:
+      return None
+  if not isinstance(value, str):
+    ctx.drop(MISSING_FIELD)
+    return None
+  if not value.strip():
+    ctx.drop(EMPTY_TEXT)
+    return None
+  return value
 
 
 def field(obj: Any, path: str) -> Any:

@@ -11,11 +11,10 @@ Reads .jsonl, .jsonl.gz, .jsonl.zst and the released .jsonl.zip shards.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any, Iterator
 
-from kosmos.data.convert import common, images, interleaved, lines, runner
+from kosmos.data.convert import common, images, interleaved, runner
 from kosmos.data.convert.common import Context, Unit
 
 DESCRIPTION = "MMC4 jsonl (text_list + image_info) with an image directory -> kind=interleaved"
@@ -91,20 +90,7 @@ def document(doc: dict[str, Any], doc_id: str, args: argparse.Namespace,
 def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator[dict[str, Any]]:
   """Interleaved records of one jsonl file, in line order."""
   meta_fields = [f for f in args.meta_fields.split(",") if f]
-  for location, line in lines.iter_lines(unit.payload):
-    if not line.strip():
-      continue
-    decoded = common.decode_text(line, ctx)
-    if decoded is None:
-      continue
-    try:
-      doc = json.loads(decoded)
-    except ValueError:
-      ctx.drop(common.INVALID_JSON)
-      continue
-    if not isinstance(doc, dict):
-      ctx.drop(common.INVALID_JSON)
-      continue
+  for location, doc in common.json_objects(unit.payload, ctx):
     doc_id = f"{unit.key}:{location}"
     done = document(doc, doc_id, args, ctx)
     if done is None:

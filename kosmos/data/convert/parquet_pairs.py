@@ -37,18 +37,10 @@ def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator
   rows = parquet_io.iter_rows(unit, {"image": args.image_column, "text": args.text_column},
                               meta_columns, args.batch_size, ctx)
   for row, values in rows:
-    text = values["text"]
-    if isinstance(text, bytes):
-      text = common.decode_text(text, ctx)
-      if text is None:
-        continue
-    if not isinstance(text, str):
-      ctx.drop(common.MISSING_FIELD)
+    text = common.caption(values["text"], ctx)
+    if text is None:
       continue
     text = text.strip()
-    if not text:
-      ctx.drop(common.EMPTY_TEXT)
-      continue
     image = ctx.check_image(parquet_io.image_bytes(values["image"]))
     if image is None:
       continue

@@ -9,7 +9,6 @@ segment, stripped of surrounding whitespace.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Iterator
 
 from kosmos.data.convert import common, lines, runner
@@ -79,20 +78,7 @@ def convert_unit(unit: Unit, args: argparse.Namespace, ctx: Context) -> Iterator
       yield _record(args, record_id, text, {"file": unit.key})
     return
   meta_fields = [f for f in args.meta_fields.split(",") if f]
-  for location, line in lines.iter_lines(unit.payload):
-    if not line.strip():
-      continue  # blank lines separate nothing in jsonl
-    decoded = common.decode_text(line, ctx)
-    if decoded is None:
-      continue
-    try:
-      obj = json.loads(decoded)
-    except ValueError:
-      ctx.drop(common.INVALID_JSON)
-      continue
-    if not isinstance(obj, dict):
-      ctx.drop(common.INVALID_JSON)
-      continue
+  for location, obj in common.json_objects(unit.payload, ctx):
     text = common.field(obj, args.text_field)
     if text is None:
       ctx.drop(common.MISSING_FIELD)

@@ -22,6 +22,15 @@ pass loader options). Each loader module documents its file format.
     pope            coco_pope_{split}.json (split=random|popular|adversarial, default
                     random; questions=PATH for another file), images data_dir/val2014/;
                     zero-shot, reports accuracy, precision, recall, F1, yes-ratio
+    refcoco, refcoco+, refcocog
+                    referring expression comprehension (accuracy at IoU >= 0.5):
+                    MDETR's final_<name>_{train,<test_split>}.json (test_split=val by
+                    default; testA, testB, test); images data_dir/train2014/
+    refcoco_reg, refcoco+_reg, refcocog_reg
+                    referring expression generation (CIDEr), the same files
+    flickr30k_entities
+                    phrase grounding, R@1 any-box (and merged-box): {train,test}.txt,
+                    Sentences/, Annotations/; images data_dir/flickr30k-images/
 
 Every task also takes the options `prompt`, `target`, `separator`: strings replacing those
 of its prompt template (kosmos.eval.prompts), e.g. to match a model's training format.
@@ -40,12 +49,16 @@ from kosmos.eval.tasks.captioning import karpathy_task
 from kosmos.eval.tasks.classification import (
     hateful_memes_task, image_folder_task, multiple_choice_task)
 from kosmos.eval.tasks.example import (
-    CAPTION, CLASSIFICATION, KINDS, MULTIPLE_CHOICE, VQA, Example, Task, sample_eval_set)
+    CAPTION, CLASSIFICATION, GROUNDING, KINDS, MULTIPLE_CHOICE, VQA, Example, Task,
+    sample_eval_set)
+from kosmos.eval.tasks.flickr_entities import flickr_entities_task
 from kosmos.eval.tasks.pope import SPLITS as POPE_SPLITS, pope_task
+from kosmos.eval.tasks.refexp import NAMES as REFEXP_NAMES, refexp_task, reg_task
 from kosmos.eval.tasks.tfds_source import tfds_task
 from kosmos.eval.tasks.vqa import vqa_task
 
-__all__ = ["CAPTION", "CLASSIFICATION", "KINDS", "MULTIPLE_CHOICE", "VQA", "Example", "Task",
+__all__ = ["CAPTION", "CLASSIFICATION", "GROUNDING", "KINDS", "MULTIPLE_CHOICE", "VQA",
+           "Example", "Task", "refexp_task", "reg_task", "flickr_entities_task",
            "TASKS", "load_task", "sample_eval_set", "karpathy_task", "vqa_task",
            "hateful_memes_task", "image_folder_task", "multiple_choice_task", "tfds_task",
            "binding_task", "pope_task", "TEMPLATE_OPTIONS"]
@@ -98,8 +111,12 @@ TASKS: dict[str, Callable[..., Task]] = {
                                      data_dir=d or None, **o),
     "binding": lambda d, **o: binding_task(
         o.pop("jsonl_path", os.path.join(d, "episodes.jsonl")), **o),
+    "flickr30k_entities": flickr_entities_task,
     "pope": lambda d, **o: _pope(d, **o),
 }
+for _name in REFEXP_NAMES:
+  TASKS[_name] = lambda d, _n=_name, **o: refexp_task(_n, d, **o)
+  TASKS[f"{_name}_reg"] = lambda d, _n=_name, **o: reg_task(_n, d, **o)
 
 
 def _pope(d: str, split: str = "random", **o: Any) -> Task:

@@ -10,13 +10,21 @@ An `Example` is one query or demonstration:
     choices     tuple[str]: per-example candidates (text multiple choice)
     images      `images()` -> list[bytes], the encoded image files (JPEG/PNG as stored),
                 read from `image_paths` on demand or held in `image_bytes` (TFDS)
+    boxes       tuple of (x1, y1, x2, y2) in pixels of the (first) image: the region a
+                grounding query must find (its reference boxes) or a region to describe;
+                prompts show them as location tokens (`kosmos.eval.grounding`)
 
 A `Task` bundles the demonstration pool (`train`), the evaluated split (`test`), the
 metric name (kosmos.eval.metrics) and its keyword options, the prompt template name (kosmos.eval.prompts), the
 class names for rank classification, and counts of skipped inputs by reason. Optional:
 `template_overrides` (prompt/target/separator strings replacing the template's, e.g. a
-model's own training format) and `demos_for(query, k)`, a task's own demonstrations for
-a query (fast-binding episodes carry their support sets) used instead of pool selection.
+model's own training format), `demos_for(query, k)`, a task's own demonstrations for
+a query (fast-binding episodes carry their support sets) used instead of pool selection,
+and `extra_metrics` {name: metric options}: the task metric again with other options,
+reported beside it in each row's "details" (Flickr30k Entities' merged-box protocol).
+
+A GROUNDING task generates location tokens for a phrase of the prompt; its prediction is
+the first generated box in pixels, scored against the example's `boxes` (box_accuracy).
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-CAPTION, VQA, CLASSIFICATION, MULTIPLE_CHOICE = (
-    "caption", "vqa", "classification", "multiple_choice")
-KINDS = (CAPTION, VQA, CLASSIFICATION, MULTIPLE_CHOICE)
+CAPTION, VQA, CLASSIFICATION, MULTIPLE_CHOICE, GROUNDING = (
+    "caption", "vqa", "classification", "multiple_choice", "grounding")
+KINDS = (CAPTION, VQA, CLASSIFICATION, MULTIPLE_CHOICE, GROUNDING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Example:
   choices: tuple[str, ...] = ()
   image_paths: tuple[str, ...] = ()
   image_bytes: tuple[bytes, ...] = ()
+  boxes: tuple[tuple[float, float, float, float], ...] = ()
 
   def images(self) -> list[bytes]:
     """The encoded images (possibly none), in prompt order."""
@@ -79,6 +88,7 @@ class Task:
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   template_overrides: dict = dataclasses.field(default_factory=dict)  # prompts.get_template
   demos_for: Callable[[Example, int], list[Example]] | None = None  # per-query demos
+  extra_metrics: dict = dataclasses.field(default_factory=dict)  # {name: metric_options}
 
   def __post_init__(self):
     if self.kind not in KINDS:
