@@ -135,18 +135,28 @@ def _kernel(heads: int, t: int, block: int, causal: bool, interpret: bool):
 def splash(q_btnk: jax.Array, k_btgk: jax.Array, v_btgk: jax.Array,
            segment_ids_bt: jax.Array | None, *, causal: bool, block: int) -> jax.Array:
   """Splash attention [b, t, n, k] (self-attention: keys at the queries' positions)."""
-  b, t, n, d = q_btnk.shape
-  if k_btgk.shape[1] != t:
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)
+  return heads_first(splash_heads(heads_first(q_btnk), heads_first(k_btgk), heads_first(v_btgk),
+                                  segment_ids_bt, causal=causal, block=block))
+
+
+def splash_heads(q_bntk: jax.Array, k_bgtk: jax.Array, v_bgtk: jax.Array,
+                 segment_ids_bt: jax.Array | None, *, causal: bool, block: int) -> jax.Array:
+  """Splash attention in its own layout, heads first: [b, n, t, k] -> [b, n, t, k]. A
+  caller that projects q, k, v head-major (layers.Attention) saves the transposes, which
+  on TPU are copies with k < 128 lanes."""
+  b, n, t, d = q_bntk.shape
+  if k_bgtk.shape[2] != t:
     raise ValueError(f"splash attention is self-attention only: {t} queries, "
-                     f"{k_btgk.shape[1]} keys (use attention='xla' for cross-attention)")
+                     f"{k_bgtk.shape[2]} keys (use attention='xla' for cross-attention)")
   if segment_ids_bt is None:
     segment_ids_bt = jnp.zeros((b, t), jnp.int32)
   blk = splash_block(t, block)
   padded = _round_up(t, blk)
-  # Splash does not scale the logits; [b, n, t, k] is its layout.
-  q = (q_btnk * jnp.asarray(1.0 / math.sqrt(d), q_btnk.dtype)).transpose(0, 2, 1, 3)
-  k = k_btgk.astype(q.dtype).transpose(0, 2, 1, 3)
-  v = v_btgk.astype(q.dtype).transpose(0, 2, 1, 3)
+  # Splash does not scale the logits.
+  q = q_bntk * jnp.asarray(1.0 / math.sqrt(d), q_bntk.dtype)
+  k = k_bgtk.astype(q.dtype)
+  v = v_bgtk.astype(q.dtype)
   seg = segment_ids_bt.astype(jnp.int32)
   if padded != t:
     pad = [(0, 0), (0, 0), (0, padded - t), (0, 0)]
@@ -173,4 +183,4 @@ def splash(q_btnk: jax.Array, k_btgk: jax.Array, v_btgk: jax.Array,
     seg_spec = PartitionSpec(qkv_spec[0], None)
     out = jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, kv_spec, kv_spec, seg_spec),
                         out_specs=qkv_spec, check_vma=False)(q, k, v, seg)
-  return out[:, :, :t].transpose(0, 2, 1, 3)
+  return out[:, :, :t]

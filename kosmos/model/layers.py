@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import normalization as flax_norm
 
 from kosmos import sharding
 from kosmos.model import attention as attention_lib
@@ -96,13 +97,20 @@ def sinusoidal(positions_bt: jax.Array, dim: int, offset: int = 0) -> jax.Array:
   return table
 
 
-def rope(x_btnk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding in the Llama/transformers layout (rotate the two halves of k)."""
+def _per_head(table_btk: jax.Array, heads_first: bool) -> jax.Array:
+  """A [b, t, k] table broadcast over the heads of [b, t, n, k] (or [b, n, t, k])."""
+  return table_btk[:, None] if heads_first else table_btk[:, :, None]
+
+
+def rope(x_btnk: jax.Array, positions_bt: jax.Array, theta: float, *,
+         heads_first: bool = False) -> jax.Array:
+  """Rotary embedding in the Llama/transformers layout (rotate the two halves of k); x is
+  [b, t, n, k], or [b, n, t, k] with `heads_first`."""
   k = x_btnk.shape[-1]
   inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
   angle = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # [b, t, k/2]
-  cos = jnp.concatenate([jnp.cos(angle)] * 2, -1)[:, :, None, :]
-  sin = jnp.concatenate([jnp.sin(angle)] * 2, -1)[:, :, None, :]
+  cos = _per_head(jnp.concatenate([jnp.cos(angle)] * 2, -1), heads_first)
+  sin = _per_head(jnp.concatenate([jnp.sin(angle)] * 2, -1), heads_first)
   x = x_btnk.astype(jnp.float32)
   x1, x2 = x[..., : k // 2], x[..., k // 2:]
   rotated = jnp.concatenate([-x2, x1], axis=-1)
@@ -110,8 +118,9 @@ def rope(x_btnk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
 
 
 def xpos(x_btnk: jax.Array, positions_bt: jax.Array, *, scale_base: float, downscale: bool,
-         center: int) -> jax.Array:
-  """xPos (Sun et al. 2022, torchscale's XPOS): rotary on interleaved pairs with a decay.
+         center: int, heads_first: bool = False) -> jax.Array:
+  """xPos (Sun et al. 2022, torchscale's XPOS): rotary on interleaved pairs with a decay;
+  x is [b, t, n, k], or [b, n, t, k] with `heads_first`.
 
   Queries are multiplied by zeta^((p - center) / scale_base), keys by its inverse, so
   q_i . k_j decays with i - j. torchscale centres on the sequence middle; here the centre
@@ -126,8 +135,8 @@ def xpos(x_btnk: jax.Array, positions_bt: jax.Array, *, scale_base: float, downs
     scale = 1.0 / scale
   inv_freq = 1.0 / (10000 ** (jnp.arange(k // 2, dtype=jnp.float32) / (k // 2)))
   angle = p * inv_freq
-  cos = jnp.repeat(jnp.cos(angle) * scale, 2, axis=-1)[:, :, None, :]
-  sin = jnp.repeat(jnp.sin(angle) * scale, 2, axis=-1)[:, :, None, :]
+  cos = _per_head(jnp.repeat(jnp.cos(angle) * scale, 2, axis=-1), heads_first)
+  sin = _per_head(jnp.repeat(jnp.sin(angle) * scale, 2, axis=-1), heads_first)
   x = x_btnk.astype(jnp.float32)
   # rotated[2i] = -x[2i+1], rotated[2i+1] = x[2i], as a product with a signed permutation
   # [k, k]: slicing the interleaved pairs (x[..., ::2]) makes a trailing axis of 2 that TPU
@@ -138,7 +147,7 @@ def xpos(x_btnk: jax.Array, positions_bt: jax.Array, *, scale_base: float, downs
   # copy, not a float32 one.
   i = jnp.arange(k)
   swap = ((i[:, None] ^ 1) == i[None, :]) * jnp.where(i[:, None] % 2 == 1, -1, 1)
-  rotated = jnp.einsum("btnk,kj->btnj", x_btnk, swap.astype(x_btnk.dtype),
+  rotated = jnp.einsum("...k,kj->...j", x_btnk, swap.astype(x_btnk.dtype),
                        precision=jax.lax.Precision.HIGHEST).astype(jnp.float32)
   return (x * cos + rotated * sin).astype(x_btnk.dtype)
 
@@ -214,13 +223,39 @@ class Attention(nnx.Module):
     self.o_proj = dense(num_heads * self.head_dim, d_model, ("heads", "embed"),
                         std=out_std or std, lora=lora and lora.get("o_proj"), **kw)
 
-  def _rotate(self, x_btnk, positions_bt, is_key):
+  def _rotate(self, x_btnk, positions_bt, is_key, heads_first=False):
     if self.rotary == Rotary.ROPE:
-      return rope(x_btnk, positions_bt, self.rope_theta)
+      return rope(x_btnk, positions_bt, self.rope_theta, heads_first=heads_first)
     if self.rotary == Rotary.XPOS:
       return xpos(x_btnk, positions_bt, scale_base=self.xpos_scale_base, downscale=is_key,
-                  center=self.xpos_center)
+                  center=self.xpos_center, heads_first=heads_first)
     return x_btnk
+
+  def _heads_first(self, impl: attention_lib.Impl, cache, kv_bsd) -> bool:
+    """Splash self-attention on plain projections runs heads first end to end: q, k, v
+    are projected straight into [b, n, t, k] and the output projection contracts (n, k),
+    so no [b, t, n, k] <-> [b, n, t, k] transpose is materialised (measured on v5p: the
+    transposes and their gradients were ~15 % of a kosmos1 decoder layer's cycles)."""
+    plain = all(type(m) is nnx.Linear for m in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
+    return impl == attention_lib.Impl.SPLASH and cache is None and kv_bsd is None and plain
+
+  def _splash_heads_first(self, x_btd, segment_ids_bt, positions_bt):
+    n, g, k = self.num_heads, self.num_kv_heads, self.head_dim
+    q = self._rotate(_project_heads(self.q_proj, x_btd, n), positions_bt, False, True)
+    kk = self._rotate(_project_heads(self.k_proj, x_btd, g), positions_bt, True, True)
+    v = _project_heads(self.v_proj, x_btd, g)
+    q = remat_lib.tag(sharding.constrain(q, ("batch", "act_heads", "length", "head_dim")),
+                      remat_lib.QUERY)
+    kk, v = remat_lib.tag(kk, remat_lib.KEY), remat_lib.tag(v, remat_lib.VALUE)
+    y = attention_lib.splash_heads(q, kk, v, segment_ids_bt, causal=self.causal, block=self.block)
+    y = remat_lib.tag(y, remat_lib.ATTENTION)
+    if self.inner_norm is not None:
+      y = _norm_heads_first(self.inner_norm, y)
+    kernel, bias = _promoted(self.o_proj, y)
+    out = jnp.einsum("bntk,nkd->btd", y.astype(kernel.dtype), kernel.reshape(n, k, -1))
+    if bias is not None:
+      out = out + bias
+    return remat_lib.tag(out, remat_lib.OUT_PROJ)
 
   def __call__(self, x_btd: jax.Array, *, mask_b1ts: jax.Array | None = None,
                segment_ids_bt: jax.Array | None = None,
@@ -236,6 +271,9 @@ class Attention(nnx.Module):
     xla path; splash uses `segment_ids_bt` (and `self.causal`) instead of `mask_b1ts`.
     """
     b, t, _ = x_btd.shape
+    impl = attention_lib.resolve(self.impl, self.dtype or x_btd.dtype)
+    if self._heads_first(impl, cache, kv_bsd):
+      return self._splash_heads_first(x_btd, segment_ids_bt, positions_bt), None
     source = x_btd if kv_bsd is None else kv_bsd
     q = self.q_proj(x_btd).reshape(b, t, self.num_heads, self.head_dim)
     k = self.k_proj(source).reshape(b, source.shape[1], self.num_kv_heads, self.head_dim)
@@ -252,7 +290,6 @@ class Attention(nnx.Module):
       k = write(cache["k"], k.astype(cache["k"].dtype), cache_index_b)
       v = write(cache["v"], v.astype(cache["v"].dtype), cache_index_b)
       cache = {"k": k, "v": v}
-    impl = attention_lib.resolve(self.impl, q.dtype)
     if impl == attention_lib.Impl.SPLASH and (cache is not None or kv_bsd is not None):
       impl = attention_lib.Impl.XLA  # decoding and cross-attention: the mask path
     y = attention_lib.attend(q, k, v, impl=impl, mask_b1ts=mask_b1ts,
@@ -262,6 +299,36 @@ class Attention(nnx.Module):
     if self.inner_norm is not None:
       y = self.inner_norm(y)
     return remat_lib.tag(self.o_proj(y), remat_lib.OUT_PROJ), cache
+
+
+def _promoted(linear: nnx.Linear, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  """A Linear's kernel and bias in the dtype its own call would compute in."""
+  bias = linear.bias[...] if linear.bias is not None else None
+  _, kernel, bias = linear.promote_dtype((x, linear.kernel[...], bias), dtype=linear.dtype)
+  return kernel, bias
+
+
+def _project_heads(linear: nnx.Linear, x_btd: jax.Array, heads: int) -> jax.Array:
+  """`linear(x).reshape(b, t, heads, k)` transposed to [b, heads, t, k], computed by one
+  dot that writes that layout."""
+  kernel, bias = _promoted(linear, x_btd)
+  d, out = kernel.shape
+  y = jnp.einsum("btd,dnk->bntk", x_btd.astype(kernel.dtype),
+                 kernel.reshape(d, heads, out // heads))
+  return y if bias is None else y + bias.reshape(heads, 1, out // heads)
+
+
+def _norm_heads_first(layer_norm: nnx.LayerNorm, y_bntk: jax.Array) -> jax.Array:
+  """`layer_norm` over the features (n, k) of [b, n, t, k]: the same statistics and
+  scale/bias layout as over the last axis of [b, t, n*k] (flax's own normalisation)."""
+  # pylint: disable=protected-access
+  scale = layer_norm.scale[...] if layer_norm.scale is not None else None
+  bias = layer_norm.bias[...] if layer_norm.bias is not None else None
+  x, scale, bias = layer_norm.promote_dtype((y_bntk, scale, bias), dtype=layer_norm.dtype)
+  mean, var = flax_norm._compute_stats(x, (1, 3), layer_norm.dtype,
+                                       use_fast_variance=layer_norm.use_fast_variance)
+  return flax_norm._normalize(x, mean, var, scale, bias, (1, 3), (1, 3), layer_norm.dtype,
+                              layer_norm.epsilon)
 
 
 # ----------------------------------------------------------------------------- MLPs
