@@ -124,6 +124,26 @@ def test_kernel_executions_multiply_by_loop_trip_counts():
   assert total(three) == 3 * total(one)
 
 
+def test_hot_ops_are_xla_estimated_cycles_times_loop_trips():
+  _, one = _analysis("xla")
+  _, three = _analysis("xla", layers=3)
+  assert one["hot_ops"]["total_cycles"] > 0
+  top = one["hot_ops"]["top"]
+  shares = sum(op["share"] for op in top)
+  assert top and shares <= 1 + 1e-9
+  assert len(top) == hlo_costs.HOT_OPS or abs(shares - 1) < 1e-9  # all groups listed
+  assert top == sorted(top, key=lambda op: -op["cycles"])
+  # In the scanned program the loop bodies' fusions count once per iteration (3 times).
+  comps, entry = hlo_costs.parse(hlo_costs.module_text(_compile_attention(_xla, 3)))
+  runs, _ = hlo_costs.executions(comps, entry)
+  once = hlo_costs.hot_ops(comps, {name: 1 for name in runs})["total_cycles"]
+  in_loops = sum(int(hlo_costs._CYCLES.search(i.attrs).group(1))  # pylint: disable=protected-access
+                 for name, comp in comps.items() if runs[name] == 3 for i in comp
+                 if hlo_costs._CYCLES.search(i.attrs))  # pylint: disable=protected-access
+  assert in_loops > 0
+  assert three["hot_ops"]["total_cycles"] == once + 2 * in_loops
+
+
 def test_splash_work_is_not_hidden_from_the_prediction():
   """XLA's cost analysis misses the kernels' work; with it added, the splash program's
   FLOPs are the same order as XLA attention's (which computes all 16 blocks, not 10)."""

@@ -27,6 +27,9 @@ The report is per chip (v4 / v5p run one megacore device per chip, v5e / v6e one
   collectives  all-gather, reduce-scatter, all-reduce, all-to-all, collective-permute
            bytes per chip per step (each op's larger of operand and result, times its
            executions); not part of the step time (XLA's cost model has its own view).
+  hot ops  where XLA:TPU expects the time to go: its estimated cycles of each fusion times
+           executions, grouped by JAX name scope and result shape; the top 8 are printed,
+           15 are in the JSON (`hot_ops`). What to optimise next, before any profile.
   MFU      analytic model FLOPs of the global batch (kosmos.train.flops) /
            (step seconds * peak FLOP/s per chip * chips).
 A config that does not fit gets suggestions computed from its numbers (remat, fsdp,
@@ -327,6 +330,9 @@ def program_extras(report: dict[str, Any], hlo: dict[str, Any] | None, peak: flo
   report["kernels"] = dict(totals, per_kernel=hlo["kernels"], hbm_bandwidth=hbm_bandwidth, scope=(
                                "per chip per step: executions x max(flops / peak, bytes / "
                                "HBM bandwidth) per kernel"))
+  report["hot_ops"] = dict(hlo.get("hot_ops") or {}, scope=(
+      "XLA:TPU's estimated_cycles of each fusion x executions per step, grouped by JAX name "
+      "scope and result shape (kernels not included)"))
   report["collectives_per_chip"] = dict(hlo["collectives"], total_bytes=hlo["collective_bytes"],
                                         scope="bytes per chip per step: max(operand, result) "
                                               "bytes of each op x executions")
@@ -439,6 +445,8 @@ def format_table(report: dict[str, Any]) -> str:
   if cost.get("loops"):
     rows.append(("loops", ", ".join(f"{k} x{v}" for k, v in cost["loops"].items())
                  + f" (XLA counted each body once: {cost['counted_once']['flops']:.4g} FLOPs)"))
+  for op in (report.get("hot_ops") or {}).get("top", [])[:8]:
+    rows.append(("hot op", f"{op['share']:5.1%}  {op['op'][-70:]}  {op['result']}"))
   for s in report["suggestions"]:
     rows.append(("suggestion", s))
   width = max(len(k) for k, _ in rows)

@@ -16,6 +16,12 @@ reads the compiled (SPMD-partitioned, so per-device) HLO and returns
                reduce-scatter is a fusion of all-reduce + dynamic-slice; it is reported as
                reduce-scatter.
 
+  hot_ops      where the program's time goes by XLA:TPU's own estimate: each top-level
+               fusion carries `estimated_cycles` in its backend_config; summed times
+               executions per step, grouped by the op's JAX name scope (numbers dropped) and
+               result shape, the largest `HOT_OPS` with their share of all estimated cycles.
+               (A profile from hardware is better; this is what the compiler plans with.)
+
 Executions per step: a computation runs as often as its callers (while bodies and
 conditions times the loop's trip count; fusions, calls, conditional branches (each counted
 as if taken), async wrappers once). A while's trip count is its backend_config's
@@ -41,6 +47,8 @@ _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128|f8e\w+)\[([\d,]*)\]")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$", re.S)
 _COMP = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
 _START = re.compile(r"^\s*(ROOT\s+)?%[\w.\-]+\s*=")
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+HOT_OPS = 15
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _NO_CALL = ("async-update", "async-done")  # the wrapped computation runs once, at async-start
 
@@ -354,7 +362,33 @@ def analyze_text(text: str) -> dict[str, Any]:
   coll = {k: v for k, v in coll.items() if v["ops"]}
   return {"kernels": sorted(kernels.values(), key=lambda k: k["name"]), "collectives": coll,
           "collective_bytes": sum(v["bytes"] for v in coll.values()),
-          "unknown_trip_counts": unknown}
+          "hot_ops": hot_ops(comps, runs), "unknown_trip_counts": unknown}
+
+
+def _scope(instr: Instr) -> str:
+  """The op's JAX name scope without the wrappers every op shares and without numbers."""
+  op_name = re.search(r'op_name="([^"]*)"', instr.attrs)
+  scope = op_name.group(1) if op_name else instr.opcode
+  for noise in ("jit(wrapped)/", "while/body/", "closed_call/", "/while/body"):
+    scope = scope.replace(noise, "")
+  return re.sub(r"_?\d+", "", scope)
+
+
+def hot_ops(comps: dict[str, list[Instr]], runs: dict[str, int],
+            top: int = HOT_OPS) -> dict[str, Any]:
+  """XLA:TPU's estimated cycles per step, grouped by op scope and result shape."""
+  cycles: collections.Counter = collections.Counter()
+  for comp_name, comp in comps.items():
+    n = runs.get(comp_name, 0)
+    for instr in comp:
+      found = _CYCLES.search(instr.attrs)
+      if found and n:
+        cycles[(_scope(instr), " ".join(_fmt(s) for s in shapes(instr.shape)[:2]))] += (
+            int(found.group(1)) * n)
+  total = sum(cycles.values())
+  return {"total_cycles": total,
+          "top": [{"op": op, "result": result, "cycles": c, "share": c / total}
+                  for (op, result), c in cycles.most_common(top)]}
 
 
 def _collective_kind(instr: Instr, comp: list[Instr], root: Instr | None) -> str | None:
