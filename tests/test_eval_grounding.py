@@ -98,7 +98,7 @@ def test_box_accuracy_equals_mdetr_protocols():
 # ----------------------------------------------------------------------------- MDETR RefCOCO
 
 
-def write_refcoco(root) -> None:
+def write_refcoco(root, prefix="final") -> None:
   (root / "train2014").mkdir(parents=True)
   entries = {"train": [(0, "the left dog", (4, 8, 20, 30), 11, 501), (1, "dog on the left",
                                                                       (4, 8, 20, 30), 11, 501),
@@ -119,7 +119,7 @@ def write_refcoco(root) -> None:
       annotations.append({"area": bbox[2] * bbox[3], "iscrowd": 0, "image_id": entry_id,
                           "category_id": 1, "id": 100 + entry_id, "bbox": list(bbox),
                           "original_id": ann_id, "tokens_positive": [[0, len(caption)]]})
-    with open(root / f"final_refcoco_{split}.json", "w") as f:
+    with open(root / f"{prefix}_refcoco_{split}.json", "w") as f:
       json.dump({"info": {}, "licenses": [], "images": images, "annotations": annotations,
                  "categories": [{"id": 1, "name": "thing"}]}, f)
 
@@ -141,6 +141,15 @@ def test_refcoco_mdetr_layout(tmp_path):
   assert [e.references for e in reg.train] == [("the left dog", "dog on the left"), ("right cat",)]
 
 
+def test_refcoco_mdetr_released_names(tmp_path):
+  """MDETR's mdetr_annotations (and its refexp_coco_format.py) name the files
+  finetune_<name>_<split>.json, e.g. finetune_refcoco_testA.json; they load as final_ ones."""
+  write_refcoco(tmp_path, prefix="finetune")
+  (tmp_path / "finetune_refcoco_val.json").rename(tmp_path / "finetune_refcoco_testA.json")
+  task = tasks_lib.load_task("refcoco", str(tmp_path), test_split="testA")
+  assert [e.id for e in task.test] == ["10", "11", "12"] and len(task.train) == 3
+
+
 class Unpickled:
   def __reduce__(self):  # unpickling this would create the sentinel file
     return (open, (SENTINEL[0], "w"))
@@ -154,7 +163,7 @@ def test_refer_pickles_are_refused_never_unpickled(tmp_path):
   (tmp_path / "refcoco").mkdir()
   with open(tmp_path / "refcoco" / "refs(unc).p", "wb") as f:
     pickle.dump(Unpickled(), f)
-  with pytest.raises(FileNotFoundError, match=r"refs\(unc\)\.p.*final_\{name\}_\{split\}\.json"):
+  with pytest.raises(FileNotFoundError, match=r"refs\(unc\)\.p.*finetune_\{name\}_\{split\}\.json"):
     tasks_lib.load_task("refcoco", str(tmp_path))
   from kosmos.eval.tasks import refexp
   with pytest.raises(ValueError, match="never unpickles"):

@@ -24,8 +24,9 @@ pass loader options). Each loader module documents its file format.
                     zero-shot, reports accuracy, precision, recall, F1, yes-ratio
     refcoco, refcoco+, refcocog
                     referring expression comprehension (accuracy at IoU >= 0.5):
-                    MDETR's final_<name>_{train,<test_split>}.json (test_split=val by
-                    default; testA, testB, test); images data_dir/train2014/
+                    MDETR's finetune_<name>_{train,<test_split>}.json (or final_...;
+                    test_split=val by default; testA, testB, test); images
+                    data_dir/train2014/
     refcoco_reg, refcoco+_reg, refcocog_reg
                     referring expression generation (CIDEr), the same files
     flickr30k_entities

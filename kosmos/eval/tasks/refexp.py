@@ -1,7 +1,10 @@
 """RefCOCO / RefCOCO+ / RefCOCOg in MDETR's COCO-style layout, with COCO train2014 images.
 
-`final_<name>_<split>.json` (MDETR's mdetr_annotations; name refcoco | refcoco+ | refcocog,
-split train | val | testA | testB | test), one entry per referring expression:
+`finetune_<name>_<split>.json` (MDETR's mdetr_annotations, as its
+scripts/fine-tuning/refexp_coco_format.py writes them and its refexp loader reads them;
+`final_<name>_<split>.json` is read when no `finetune_` file is there; name refcoco |
+refcoco+ | refcocog, split train | val | testA | testB | test), one entry per referring
+expression:
 
     {"images": [{"id": 0, "file_name": "COCO_train2014_000000581857.jpg",
                  "caption": "the lady with the blue shirt", "original_id": 581857,
@@ -19,7 +22,7 @@ Images are read from `image_dir` (default data_dir/train2014). Two tasks:
 
 The refer toolkit's pickles (`refs(unc).p`, `refs(umd).p`, `refs(google).p`) are refused,
 never unpickled (a pickle can run code): convert them with MDETR's
-scripts/fine-tuning/refexp_coco_format.py or use the released final_*.json.
+scripts/fine-tuning/refexp_coco_format.py or use the released finetune_*.json.
 """
 
 from __future__ import annotations
@@ -33,15 +36,20 @@ from typing import Any, Callable
 from kosmos.eval.tasks.example import CAPTION, GROUNDING, Example, Task, check_unique_ids
 
 NAMES = ("refcoco", "refcoco+", "refcocog")
-LAYOUT = ("MDETR's final_{name}_{split}.json (COCO-style images + annotations, from "
-          "mdetr_annotations.tar.gz) with COCO images in data_dir/train2014")
+LAYOUT = ("MDETR's finetune_{name}_{split}.json (or final_{name}_{split}.json; COCO-style "
+          "images + annotations, from mdetr_annotations.tar.gz) with COCO images in "
+          "data_dir/train2014")
+PREFIXES = ("finetune", "final")  # MDETR's released / converted names first
 
 
 def json_path(data_dir: str, name: str, split: str) -> str:
-  """data_dir/final_<name>_<split>.json; refuses refer-toolkit pickles with a message."""
-  path = os.path.join(data_dir, f"final_{name}_{split}.json")
-  if os.path.exists(path):
-    return path
+  """data_dir/finetune_<name>_<split>.json (else final_...); refuses refer-toolkit pickles
+  with a message."""
+  for prefix in PREFIXES:
+    path = os.path.join(data_dir, f"{prefix}_{name}_{split}.json")
+    if os.path.exists(path):
+      return path
+  path = os.path.join(data_dir, f"{PREFIXES[0]}_{name}_{split}.json")
   pickles = sorted(glob.glob(os.path.join(glob.escape(data_dir), "**", "refs(*).p"),
                              recursive=True))
   hint = (f" {data_dir!r} holds the refer toolkit's pickle {pickles[0]!r}, which kosmos does "
