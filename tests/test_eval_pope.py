@@ -111,3 +111,41 @@ def test_pope_through_kosmos_eval_chat(workdir, tmp_path):
   assert row["details"][0] == pytest.approx(
       {k: v if k in ("tp", "fp", "tn", "fn") else 100 * v for k, v in figures.items()})
   assert result["chat_template"]["name"] == "llava_v1"
+
+
+class _RecordingEngine:
+  """Records the prompts `run_trial` generates for and answers "No." to each."""
+  image_size, grounding = 32, None
+
+  def __init__(self):
+    self.prompts = []
+
+  def generate(self, prompts, **kwargs):
+    from kosmos.infer import engine as engine_lib
+    self.prompts += [list(p) for p in prompts]
+    return [engine_lib.Generation(text="No.", tokens=[], logprob=0.0, score=0.0) for _ in prompts]
+
+
+def test_chat_query_is_the_question_not_the_vqa_prompt(tmp_path):
+  """With --chat, the user's message is POPE's question; the chat template adds the roles
+  (no "Question: ... Answer:" inside "USER: ... ASSISTANT:"). A `prompt` option still wins."""
+  from kosmos.eval import runner
+  _write_pope(str(tmp_path), "random", ROWS[:1])
+  task = tasks_lib.load_task("pope", str(tmp_path))
+  template = chat.get("llava_v1")
+  engine = _RecordingEngine()
+  preds = runner.run_trial(engine, task, task.test, [[]], text_only=True,
+                           settings=runner.Settings(), chat_template=template)
+  assert preds[0]["prediction"] == "no"
+  texts = [s["text"] for s in engine.prompts[0] if "text" in s]
+  assert texts == [template.system + " USER: ", "Is there a dog in the image? ASSISTANT:"]
+  kosmos = chat.get("kosmos")
+  runner.run_trial(engine, task, task.test, [[]], text_only=True, settings=runner.Settings(),
+                   chat_template=kosmos)
+  assert [s["text"] for s in engine.prompts[1] if "text" in s] == [
+      "Question: ", "Is there a dog in the image? Answer:"]
+  task.template_overrides["prompt"] = "{question} Reply yes or no."
+  runner.run_trial(engine, task, task.test, [[]], text_only=True, settings=runner.Settings(),
+                   chat_template=template)
+  assert engine.prompts[2][-1]["text"] == ("Is there a dog in the image? Reply yes or no. "
+                                           "ASSISTANT:")

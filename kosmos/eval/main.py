@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "test_split=\"testA\" (RefCOCO tasks)")
   parser.add_argument("--chat", action="store_true",
                       help="ask each query as one user turn of the workdir's chat template "
-                      "(config.tokenizer.chat_template) and generate the assistant's answer; "
+                      "(config.tokenizer.chat_template; VQA tasks: the bare question, unless "
+                      "--task-option prompt=...) and generate the assistant's answer; "
                       "needs --shots 0 (no demonstrations), e.g. POPE on a chat-tuned model")
   parser.add_argument("--blank-images", action="store_true",
                       help="image ablation: show every image as uniform gray (same prompts)")

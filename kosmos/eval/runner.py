@@ -184,6 +184,10 @@ def score_details(task: tasks_lib.Task, predictions: list[dict[str, Any]]) -> di
   return {k: v if k in ("tp", "fp", "tn", "fn") else 100.0 * v for k, v in figures.items()}
 
 
+# A VQA query's user message in chat evaluation (the chat template adds the roles).
+CHAT_VQA_PROMPT = "{question}"
+
+
 def chat_prompt(template: chat_lib.ChatTemplate, prompt: prompts_lib.Prompt) -> prompts_lib.Prompt:
   """A 0-shot prompt as one user turn of a chat template, the assistant's turn open."""
   conversation = [{"turn": records.USER}, *prompt.segments, {"turn": records.ASSISTANT}]
@@ -203,9 +207,15 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
   protocol: how classes are scored ("logprobs" = summed or per-token mean log-likelihood
   per class) and generations post-processed (kosmos.eval.protocols).
   chat_template: each prompt (no demonstrations allowed) becomes one user turn of this
-  template (`chat_prompt`) and its stop string ends the answers."""
+  template (`chat_prompt`) and its stop string ends the answers; a VQA task's message is
+  its bare question (`CHAT_VQA_PROMPT`) unless a `prompt` option overrides it."""
   protocol = protocols_lib.get_protocol(protocol)
   template = prompts_lib.get_template(task.template, task.template_overrides)
+  if (chat_template is not None and task.kind == tasks_lib.VQA
+      and "prompt" not in task.template_overrides):
+    # The chat template marks the turns: the user's message is the question itself, not
+    # the few-shot "Question: ... Answer:" prompt inside "USER: ... ASSISTANT:".
+    template = dataclasses.replace(template, prompt=CHAT_VQA_PROMPT)
   classify = task.kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTIPLE_CHOICE)
   sizes: dict[str, tuple[int, int]] = {}
   if any(q.boxes for q in queries):
