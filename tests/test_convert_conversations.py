@@ -48,6 +48,8 @@ ROWS = [
     {"id": "d6", "image": "broken.jpg", "conversations": _turns(("human", "<image>"),
                                                                ("gpt", "x"))},
     {"id": "d7", "conversations": "not a list"},
+    {"id": "d8", "conversations": [{"from": ["human"], "value": "Hi"}, {"from": "gpt",
+                                                                       "value": "x"}]},
 ]
 
 
@@ -78,7 +80,7 @@ def test_conversations_json_and_jsonl(tmp_path):
   assert got[0]["meta"] == {"file": "llava.json", "id": "q0"}
   manifest = records.read_manifest(str(out))
   assert manifest["kinds"] == {"conversation": 4}
-  assert manifest["dropped"] == {"unknown_role": 2, "image_count_mismatch": 1, "empty_turn": 1,
+  assert manifest["dropped"] == {"unknown_role": 3, "image_count_mismatch": 1, "empty_turn": 1,
                                  "ends_on_user": 1, "turn_order": 1, "missing_image": 1,
                                  "corrupt_image": 1, "missing_field": 1, "invalid_json": 1}
 

@@ -117,7 +117,8 @@ def segments(row: Any, args: argparse.Namespace, ctx: Context) -> list[dict[str,
     return None
   roles, values = [], []
   for turn in turns:
-    role = ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+    name = turn.get("from") if isinstance(turn, dict) else None
+    role = ROLES.get(name) if isinstance(name, str) else None
     if role is None:
       ctx.drop(UNKNOWN_ROLE)
       return None
