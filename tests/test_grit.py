@@ -70,15 +70,21 @@ def test_grit_parquet_and_jsonl(tmp_path):
   images = write_parquet(src / "part-0.parquet")
   (src / "img").mkdir()
   (src / "img" / "dogs.png").write_bytes(png(30, 60, 40))
+  (src / "img" / "odd.png").write_bytes(png(20, 20, 50))
   lines = [json.dumps({"caption": ROWS[1][0], "image": "img/dogs.png", "width": 30,
                        "height": 60, "noun_chunks": ROWS[1][1], "ref_exps": None}),
-           "{not json", json.dumps({"caption": "lost", "image": "img/absent.png"})]
+           "{not json", json.dumps({"caption": "lost", "image": "img/absent.png"}),
+           # box lists that are not lists: counted, the pair kept without boxes
+           json.dumps({"caption": "odd", "image": "img/odd.png", "noun_chunks": 5,
+                       "ref_exps": {"0": [0, 3, 0.1, 0.1, 0.5, 0.5, 0.9]}})]
   (src / "part-1.jsonl").write_text("\n".join(lines) + "\n")
   out = tmp_path / "out"
   assert prepare.main(["grit", "--input", str(src), "--output", str(out)]) == 0
   got = list(records.read_dir(str(out)))
-  assert [r["id"] for r in got] == ["part-0.parquet:0", "part-0.parquet:1", "part-1.jsonl:1"]
-  first, plain, dogs = got
+  assert [r["id"] for r in got] == ["part-0.parquet:0", "part-0.parquet:1", "part-1.jsonl:1",
+                                    "part-1.jsonl:4"]
+  first, plain, dogs, odd = got
+  assert odd["meta"]["boxes"] == [] and odd["segments"][1] == {"text": "odd"}
   assert first["segments"] == [{"image": images[0]}, {"text": CAPTION}]
   assert first["meta"]["boxes"] == [[0, 5, 0.1, 0.2, 0.5, 0.9], [0, 5, 0.6, 0.1, 0.7, 0.3],
                                     [18, 28, 0.3, 0.5, 1.0, 1.0], [38, 44, 0.0, 0.0, 0.2, 0.2]]
@@ -89,7 +95,7 @@ def test_grit_parquet_and_jsonl(tmp_path):
   dropped = records.read_manifest(str(out))["dropped"]
   assert dropped == {"box_overlapping_span": 1, "box_span_outside_caption": 2, "box_negative": 1,
                      "box_inverted": 1, "box_empty": 1, "box_outside_image": 1,
-                     "box_malformed": 3, "empty_text": 1, "invalid_json": 1, "missing_image": 1}
+                     "box_malformed": 5, "empty_text": 1, "invalid_json": 1, "missing_image": 1}
 
 
 def grounded_spec() -> pipeline.DocSpec:

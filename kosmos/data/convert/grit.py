@@ -62,7 +62,11 @@ def phrases(caption: str, row: dict[str, Any], ctx: Context) -> list[list[float]
   taken: dict[tuple[int, int], list[list[float]]] = {}
   for kind in SPAN_KINDS:
     found: dict[tuple[int, int], list[list[float]]] = {}
-    for entry in row.get(kind) or []:
+    entries = row.get(kind)
+    if entries is not None and not isinstance(entries, (list, tuple)):
+      ctx.drop("box_malformed")  # not a list of boxes (a number, a string, an object)
+      continue
+    for entry in entries or []:
       reason, box = check(entry, len(caption))
       if reason:
         ctx.drop(reason)
