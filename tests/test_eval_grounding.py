@@ -429,3 +429,23 @@ def test_kosmos_eval_end_to_end_on_a_tiny_grounding_model(tmp_path):
                                        query).segments[-1]["text"], p["raw"],
               query.fields["phrase"], (W, H), CROP, GRID)
           assert p["prediction"] == (list(want) if want else None)
+
+
+def test_flickr_entities_bad_annotation_files_are_counted(tmp_path):
+  """A truncated xml, a box with an empty coordinate, a missing Sentences file: the image is
+  skipped and counted (`bad_annotation`), the rest of the split loads."""
+  write_flickr(tmp_path)
+  for image_id in ("4000", "5000", "6000"):
+    (tmp_path / "flickr30k-images" / f"{image_id}.jpg").write_bytes(jpeg(int(image_id)))
+    (tmp_path / "Sentences" / f"{image_id}.txt").write_text("\n".join(SENTENCES) + "\n")
+  xml = XML.format(id="4000")
+  (tmp_path / "Annotations" / "4000.xml").write_text(xml[:len(xml) // 2])
+  (tmp_path / "Annotations" / "5000.xml").write_text(
+      xml.replace("<xmin>4</xmin>", "<xmin></xmin>"))
+  (tmp_path / "Annotations" / "6000.xml").write_text(xml)
+  (tmp_path / "Sentences" / "6000.txt").unlink()
+  (tmp_path / "test.txt").write_text("1000\n4000\n5000\n6000\n")
+  assert "<xmin>4</xmin>" in xml
+  task = tasks_lib.load_task("flickr30k_entities", str(tmp_path))
+  assert {e.id.split("_")[0] for e in task.test} == {"1000"} and len(task.test) == 5
+  assert task.skipped["bad_annotation"] == 3

@@ -14,7 +14,9 @@ prompt is the sentence up to the phrase with the phrase grounded, the model gene
 box, scored R@1 at IoU >= 0.5 under the two protocols of MDETR's `flickr_eval.py`: any-box
 (the task metric: a hit when the box matches any of the phrase's boxes) and merged-box
 (`extra_metrics`: against the box enclosing them all). Boxes are read as MDETR reads them:
-every <name> of an <object> gets its box, coordinates as written.
+every <name> of an <object> gets its box, coordinates as written. An image whose
+Annotations/ or Sentences/ file is missing or malformed is skipped, counted as
+`bad_annotation`.
 """
 
 from __future__ import annotations
@@ -87,8 +89,13 @@ def read_split(data_dir: str, split: str, image_dir: str,
     if not os.path.exists(image_path):
       skipped["missing_image"] += 1
       continue
-    boxes = read_boxes(os.path.join(data_dir, "Annotations", f"{image_id}.xml"))
-    sentences = read_sentences(os.path.join(data_dir, "Sentences", f"{image_id}.txt"))
+    try:
+      boxes = read_boxes(os.path.join(data_dir, "Annotations", f"{image_id}.xml"))
+      sentences = read_sentences(os.path.join(data_dir, "Sentences", f"{image_id}.txt"))
+    except (OSError, UnicodeDecodeError, ET.ParseError, AttributeError, TypeError,
+            ValueError):  # missing, truncated or malformed files: this image is not scored
+      skipped["bad_annotation"] += 1
+      continue
     for s, sentence in enumerate(sentences):
       words = sentence["sentence"].split(" ")
       for p, phrase in enumerate(sentence["phrases"]):
