@@ -205,3 +205,29 @@ def test_sentencepiece_answers_tokenize_as_in_the_whole_string(tmp_path):
   # The open turn (generation prompt) is exactly the training prompt's ids.
   open_turn = chat.encode(t, segments[:-1], tok, 4)
   assert open_turn.tokens.tolist() == [tok.bos_id] + prompt
+
+
+class _ByteEngine:
+  """What `kosmos.infer.chat.Session` uses of an Engine; `stream` replays fixed text."""
+  image_size, tokens_per_image, max_len = 16, 2, 4096
+
+  def __init__(self, reply: str):
+    self.tok = tokenizer_lib.ByteTokenizer()
+    self.reply = reply
+
+  def stream(self, prompt, **kwargs):
+    yield from self.tok.encode(self.reply) + [self.tok.eos_id]
+
+
+def test_chat_history_renders_as_training_does():
+  """A byte-level model answers " Red." (the space after "ASSISTANT:" is its first target);
+  the next prompt holds "ASSISTANT: Red.</s>", the training rendering, not "ASSISTANT:  Red."."""
+  from kosmos.infer import chat as chat_cli
+  template = chat.get("llava_v1")
+  session = chat_cli.Session(_ByteEngine(" Red."), template)
+  assert "".join(piece for _, piece in session.ask("Color?")) == " Red."
+  assert session.last["answer"] == " Red."
+  history = conversation(("user", ["Color?"]), ("assistant", ["Red."]), ("user", ["Why?"]),
+                         ("assistant", []))
+  assert session.encode("Why?").tokens.tolist() == chat.encode(
+      template, history, session.engine.tok, 2).tokens.tolist()

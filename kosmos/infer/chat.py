@@ -134,7 +134,10 @@ class Session:
         yield token, ""
     if len(answer) > shown:
       yield -1, answer[shown:]
-    self.segments += self._next_turn + [{"turn": records.ASSISTANT}, {"text": answer}]
+    # The history holds the answer stripped, as LLaVA and MiniGPT-4 keep it (`.strip()`):
+    # the template puts the space after "ASSISTANT:" itself, as in training, so a generated
+    # leading space (byte-level models learn " Red.") would be doubled in the next prompt.
+    self.segments += self._next_turn + [{"turn": records.ASSISTANT}, {"text": answer.strip()}]
     self.pending = []
     self.turn += 1
     self.last = {"answer": answer, "tokens": ids, "prompt_tokens": len(prompt.tokens)}
