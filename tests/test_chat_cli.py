@@ -153,6 +153,8 @@ def test_errors_are_one_line_exit_2(tiny_workdir, image, tmp_path, capsys):
       ["--workdir", tiny_workdir, "--image", "/no/such.jpg", "--prompt", "hi"])
   assert "context (model.decoder.max_len=160)" in error(
       ["--workdir", tiny_workdir, "--prompt", "word " * 40, "--max-new-tokens", "8"])
+  assert "is not a kosmos workdir" in error(["--workdir", str(tmp_path / "none"), "--prompt",
+                                              "hi"])
   no_tok = str(tmp_path / "no_tok")
   config = workdir_lib.load_config(tiny_workdir)
   config.model.decoder.vocab_size = 320  # a SentencePiece-sized vocabulary, no model file

@@ -20,8 +20,9 @@ string, or after `--max-new-tokens`. Sampling: `--temperature` (0 = greedy, the 
 
 `--prompt TEXT` answers once and prints one JSON object (`--out FILE` also writes it):
 {"prompt", "images", "template", "answer", "tokens" (generated ids, stop id included),
-"prompt_tokens"}. Errors (a missing image, a workdir without a usable tokenizer, a prompt
-longer than the context) are one line on stderr and exit code 2.
+"prompt_tokens"}. Errors (a missing image, a directory that is not a workdir, a workdir
+without a usable tokenizer, a prompt longer than the context) are one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -172,7 +173,10 @@ def load_session(args: argparse.Namespace) -> Session:
   from kosmos import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from kosmos.eval import main as eval_main  # pylint: disable=import-outside-toplevel
   from kosmos.eval import runner  # pylint: disable=import-outside-toplevel
-  config = workdir_lib.load_config(args.workdir)
+  try:
+    config = workdir_lib.load_config(args.workdir)
+  except FileNotFoundError as e:  # not a workdir: one line, as the other user errors
+    raise ChatError(str(e)) from e
   if args.tokenizer:
     config.tokenizer.path = args.tokenizer
   check_tokenizer(config)
