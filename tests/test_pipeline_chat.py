@@ -120,3 +120,27 @@ def test_conversation_cut_across_rows_keeps_its_mask(tmp_path):
   want[:-1] = flags[1:]
   want[used[0] - 1] = 0.0  # the head's last token has no target in its row
   np.testing.assert_array_equal(got_mask, want)
+
+
+def test_unrenderable_conversations_are_counted_not_raised():
+  """Records that pass `records.validate` but the chat template cannot render (a vector
+  segment, a non-string text) are skipped and counted, as other kinds' bad records; they
+  raised out of the Grain pipeline (ending the training run)."""
+  tokenizer = defaults.tokenizer()
+  tokenizer.chat_template = chat.config("llava_v1")
+  spec = pipeline.DocSpec(tokenizer=tokenizer.to_dict(), source_index=0, num_sources=1,
+                          image_size=S, tokens_per_image=N, max_images_per_doc=2,
+                          max_image_pixels=1 << 20, vector_dim=0)
+  convert = pipeline.RecordToDoc(spec)
+  index = packing.STAT_INDEX
+  for content in ({"vector": [1.0]}, {"text": 5}):
+    data = records.encode({"id": "0", "source": "conv", "kind": "conversation",
+                           "segments": [{"turn": "user"}, content, {"turn": "assistant"},
+                                        {"text": "a"}]})
+    doc = convert.convert(data, decode_images=True)
+    assert len(doc["tokens"]) == 0
+    assert doc["stats"][0, index["record_undecodable"]] == doc["stats"][0, index["bad_records"]] == 1
+  good = records.encode({"id": "1", "source": "conv", "kind": "conversation",
+                         "segments": TEXT_ONLY})
+  np.testing.assert_array_equal(convert.convert(good, decode_images=True)["tokens"],
+                                expand(TEXT_ONLY_LAYOUT)[0])

@@ -41,8 +41,9 @@ turns, images in their turns) and its doc carries `loss` flags, so only the assi
 answers and their end-of-turn tokens are targets with loss (`kosmos.data.packing`), in
 whatever rows its pieces land; one with more than `max_images_per_row` images is skipped.
 
-Bad input: an undecodable record, a pair or conversation with a bad image, a record with
-no content is skipped; a bad image in an interleaved record is dropped (the rest is kept); all counted by
+Bad input: an undecodable record (also a conversation the chat template cannot render: a
+vector segment, a text that is not a string), a pair or conversation with a bad image, a
+record with no content is skipped; a bad image in an interleaved record is dropped (the rest is kept); all counted by
 reason and source. When a source's bad-record fraction exceeds `max_bad_fraction` (after
 `bad_check_min_records` records) the iterator raises `packing.BadDataError` naming it.
 """
@@ -255,6 +256,10 @@ class RecordToDoc(grain.transforms.Map):
                             spec.tokens_per_image, image)
     except images_lib.ImageError as e:
       counts[S["image_" + e.reason]] += 1
+      counts[S["bad_records"]] = 1
+      return self._empty(stats)
+    except (ValueError, TypeError):  # valid record, but not renderable: a vector segment,
+      counts[S["record_undecodable"]] += 1  # a text that is not a string
       counts[S["bad_records"]] = 1
       return self._empty(stats)
     if decode_images:
