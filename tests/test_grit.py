@@ -142,3 +142,15 @@ def test_pipeline_bad_or_absent_boxes_leave_the_caption_plain():
   off = pipeline.RecordToDoc(pipeline.DocSpec(**{**grounded_spec().__dict__,
                                                  "tokenizer": defaults.tokenizer().to_dict()}))
   assert list(off.map(record([[0, 5, 0.4, 0.1, 0.6, 0.9]]))["tokens"][5:-1]) == plain
+
+
+def test_pipeline_pairs_with_null_or_odd_meta():
+  """`meta` is free-form: a pair whose meta is null or not an object trains as a plain pair
+  (it raised AttributeError in every pipeline once boxes were read from meta)."""
+  convert = pipeline.RecordToDoc(grounded_spec())
+  plain = convert.tok.encode(CAPTION)
+  for meta in (None, ["boxes"], "x"):
+    data = records.encode({"id": "0", "source": "grit", "kind": "pair",
+                           "segments": [{"image": png(64, 32, 10)}, {"text": CAPTION}],
+                           "meta": meta})
+    assert list(convert.map(data)["tokens"][5:-1]) == plain

@@ -161,7 +161,8 @@ class RecordToDoc(grain.transforms.Map):
       segments = ([s for s in segments if "image" in s] + [s for s in segments if "image" not in s])
     tokens = [tok.bos_id]
     pixels, vectors = [], []
-    boxes = record.get("meta", {}).get("boxes") if kind == "pair" else None
+    meta = record.get("meta")  # free-form: may be absent, null or not an object
+    boxes = meta.get("boxes") if kind == "pair" and isinstance(meta, dict) else None
     ground = bool(boxes) and isinstance(boxes, list) and self.grounding is not None
     size = None  # of the pair's image before resizing (boxes follow its crop)
     bad = False
