@@ -124,7 +124,8 @@ def test_pipeline_renders_boxes_on_the_cropped_image():
   stats = dict(zip(packing.STATS, doc["stats"][0]))
   assert (stats["boxes"], stats["boxes_cropped_out"], stats["boxes_bad"]) == (2, 2, 0)
   text = g.decode(doc["tokens"])
-  assert text == ("<grounding><phrase>a cat</phrase><object><patch_index_0105><patch_index_0918>"
+  # the first phrase is word-initial, as the eval prompts "<grounding><phrase> {phrase}"
+  assert text == ("<grounding><phrase> a cat</phrase><object><patch_index_0105><patch_index_0918>"
                   "</object> sleeping on<phrase> a red sofa</phrase><object><patch_index_0000>"
                   "<patch_index_0489></object> near the window")
   assert doc["tokens"][0] == 1 and list(doc["tokens"][1:5]) == [4, 6, 6, 5]  # <s> image span

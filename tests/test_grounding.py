@@ -125,7 +125,7 @@ def test_render_parses_back_to_its_phrases():
   text = "two dogs and a ball on grass"
   dogs = [(0.0, 0.0, 0.5, 0.5), (0.5, 0.5, 1.0, 1.0)]
   rendered = grounding.render(text, [(13, 19, [(0.25, 0.25, 0.75, 0.75)]), (0, 8, dogs)], grid=4)
-  assert rendered == ("<phrase>two dogs</phrase><object><patch_index_0000><patch_index_0005>"
+  assert rendered == ("<phrase> two dogs</phrase><object><patch_index_0000><patch_index_0005>"
                       "</delimiter_of_multi_objects/><patch_index_0010><patch_index_0015></object>"
                       " and<phrase> a ball</phrase><object><patch_index_0005><patch_index_0010>"
                       "</object> on grass")

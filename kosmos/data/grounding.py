@@ -120,7 +120,9 @@ def object_text(cells: Iterable[tuple[int, int]]) -> str:
 def render(text: str, phrases: Iterable[tuple[int, int, Sequence[Box]]], grid: int) -> str:
   """Tagged text: each (start, end, boxes) span of `text` becomes `<phrase>...</phrase>`
   followed by its boxes' `<object>`. Spans must not overlap; a space right before a span moves
-  inside the phrase, as in Kosmos-2's data (`of<phrase> a snowman</phrase>`)."""
+  inside the phrase, as in Kosmos-2's data (`of<phrase> a snowman</phrase>`), and a phrase
+  that starts the text gets one (`<phrase> a snowman</phrase>`, as KOSMOS-2 writes it and as
+  the grounding eval prompts put it after `<grounding>`)."""
   out, at = [], 0
   for start, end, boxes in sorted(phrases, key=lambda p: p[0]):
     if not 0 <= at <= start < end <= len(text):
@@ -128,7 +130,10 @@ def render(text: str, phrases: Iterable[tuple[int, int, Sequence[Box]]], grid: i
                        f"the text of {len(text)} characters")
     while start > at and text[start - 1] == " ":
       start -= 1
-    out += [text[at:start], PHRASE, text[start:end], PHRASE_END,
+    phrase = text[start:end]
+    if start == 0 and not phrase.startswith(" "):  # first in the text: word-initial too
+      phrase = " " + phrase
+    out += [text[at:start], PHRASE, phrase, PHRASE_END,
             object_text(box_to_cells(b, grid) for b in boxes)]
     at = end
   out.append(text[at:])
