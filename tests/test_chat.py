@@ -39,7 +39,7 @@ def llava_two(system, roles, messages, sep=" ", sep2="</s>"):
 
 def llava_llama_2(system, roles, messages, sep="<s>", sep2="</s>"):
   """LLaVA get_prompt, SeparatorStyle.LLAMA_2."""
-  wrap_sys = lambda msg: f"<<SYS>>\n{msg}\n<</SYS>>\n\n"
+  wrap_sys = lambda msg: f"<<SYS>>\n{msg}\n<</SYS>>\n\n" if len(msg) > 0 else msg
   wrap_inst = lambda msg: f"[INST] {msg} [/INST]"
   ret = ""
   for i, (role, message) in enumerate(messages):
@@ -111,6 +111,12 @@ def test_llama2_matches_llava_llama_2():
   # Open turn: LLaVA adds nothing for the empty assistant message; the prompt ends "[/INST]".
   assert chat.render_text(t, TWO_ROUNDS[:-1]) == llava_llama_2(
       t.system, roles, _pairs(roles, MESSAGES[:3] + [None]))
+  # No system prompt (e.g. kosmos-chat --system ""): no empty <<SYS>> block, as LLaVA.
+  bare = chat.get("llama2", system="")
+  assert chat.render_text(bare, TWO_ROUNDS) == llava_llama_2("", roles, _pairs(roles, MESSAGES))
+  assert chat.render_text(bare, TWO_ROUNDS) == (
+      "[INST] <image>\nWhat is on the bus? [/INST] An ad. </s><s>[INST] And the color? [/INST]"
+      " Red. </s>")
   assert t.system == ("You are a helpful language and vision assistant. You are able to "
                       "understand the visual content that the user provides, and assist the "
                       "user with a variety of tasks using natural language.")

@@ -6,7 +6,9 @@ format strings (plain text with placeholders, substituted literally, not str.for
     prefix      after `<s>`, before the first turn; may hold {system}
     user        one user turn; {message} is the turn's text and images
     first_user  the first user turn when it differs (Llama-2 wraps the system prompt into
-                it); "" = `user`
+                it); "" = `user`; when it holds {system} and the system prompt is empty,
+                `user` without a leading {bos} is used (LLaVA's conv_llava_llama_2 and
+                Llama-2 chat write no empty <<SYS>> block)
     assistant   one assistant turn; the text before {message} is prompt, except its
                 trailing spaces: they, the answer and the end of turn after it carry loss
                 (an open turn for generation ends before those spaces: "ASSISTANT:")
@@ -159,7 +161,10 @@ def render(template: ChatTemplate, segments: Sequence[dict[str, Any]]) -> list[P
   conversation = turns(segments)
   for index, (role, content) in enumerate(conversation):
     if role == records.USER:
-      form = template.first_user if index == 0 and template.first_user else template.user
+      form = template.user
+      if index == 0 and template.first_user:
+        form = (template.first_user if template.system or SYSTEM not in template.first_user
+                else form[len(BOS):] if form.startswith(BOS) else form)
     else:
       form = template.assistant
     before, after = form.split(MESSAGE)
