@@ -237,3 +237,33 @@ def test_chat_history_renders_as_training_does():
                          ("assistant", []))
   assert session.encode("Why?").tokens.tolist() == chat.encode(
       template, history, session.engine.tok, 2).tokens.tolist()
+
+
+def test_composed_user_turns_join_image_and_question_as_the_systems_do():
+  """kosmos-chat / kosmos-eval --chat compose a user turn from images and a question; the
+  text between them is the system's own: LLaVA's cli and model_vqa write
+  DEFAULT_IMAGE_TOKEN + '\\n' + question, MiniGPT-4's Chat.ask ' '.join([image message,
+  text]), mPLUG-Owl "Human: <image>\\nHuman: question"."""
+  question = "What is it?"
+  cases = {
+      "llava_v1": llava_two(LLAVA_SYSTEM, ("USER", "ASSISTANT"),
+                            [("USER", "<image>\n" + question), ("ASSISTANT", None)]),
+      "llama2": llava_llama_2(chat.get("llama2").system, ("USER", "ASSISTANT"),
+                              [("USER", "<image>\n" + question), ("ASSISTANT", None)]),
+      "vicuna_v0": minigpt4_single(chat.get("vicuna_v0").system, ("Human: ", "Assistant: "),
+                                   [("Human: ", "<Img><image></Img> " + question),
+                                    ("Assistant: ", None)]).rstrip(" "),
+      "mplug_owl": mplug_owl_single(("Human", "AI"), [("Human", "<image>\nHuman: " + question),
+                                                      ("AI", None)]),
+      "kosmos": "Question: <image>" + question + " Answer:",
+  }
+  for name, want in cases.items():
+    t = chat.get(name)
+    content = chat.user_content(t, [{"image": IMAGE}, {"text": question}])
+    segments = [{"turn": "user"}, *content, {"turn": "assistant"}]
+    assert chat.render_text(t, segments) == want, name
+  # text-only turns and text before an image are left as they are
+  t = chat.get("llava_v1")
+  assert chat.user_content(t, [{"text": question}]) == [{"text": question}]
+  assert chat.user_content(t, [{"text": "a"}, {"image": IMAGE}]) == [{"text": "a"},
+                                                                   {"image": IMAGE}]

@@ -72,8 +72,10 @@ def _eval_engine(workdir, template, image, question, max_new_tokens):
   _, params = workdir_lib.restore_params(workdir)
   engine = engine_lib.Engine(runner.build_model(config, params), config)
   with open(image, "rb") as f:
-    segments = chat_lib.prompt_segments(chat_lib.get(template), [
-        {"turn": "user"}, {"image": f.read()}, {"text": question}, {"turn": "assistant"}])
+    content = chat_lib.user_content(chat_lib.get(template), [{"image": f.read()},
+                                                             {"text": question}])
+  segments = chat_lib.prompt_segments(chat_lib.get(template), [
+      {"turn": "user"}, *content, {"turn": "assistant"}])
   return engine, segments, engine.generate([segments], max_new_tokens=max_new_tokens)[0]
 
 
@@ -137,8 +139,10 @@ def test_interactive_streams_images_and_reset(tiny_workdir, image):
   # The first answer's tokens are those `Engine.generate` gives for the same prompt.
   with open(image, "rb") as f:
     segments = chat_lib.prompt_segments(session.template, [
-        {"turn": "user"}, {"image": f.read()}, {"text": "What is it?"}, {"turn": "assistant"}])
+        {"turn": "user"}, {"image": f.read()}, {"text": "\nWhat is it?"}, {"turn": "assistant"}])
+  # LLaVA's cli joins an image and the question with "\n" ("<image>\nWhat is it?")
   assert segments[0]["text"] == "Be brief. USER: "
+  assert segments[-1]["text"] == "\nWhat is it? ASSISTANT:"
   generated = session.engine.generate([segments], max_new_tokens=4)[0]
   assert [t for t, _ in first[2] if t >= 0] == generated.tokens
 

@@ -138,7 +138,7 @@ def test_chat_query_is_the_question_not_the_vqa_prompt(tmp_path):
                            settings=runner.Settings(), chat_template=template)
   assert preds[0]["prediction"] == "no"
   texts = [s["text"] for s in engine.prompts[0] if "text" in s]
-  assert texts == [template.system + " USER: ", "Is there a dog in the image? ASSISTANT:"]
+  assert texts == [template.system + " USER: ", "\nIs there a dog in the image? ASSISTANT:"]
   kosmos = chat.get("kosmos")
   runner.run_trial(engine, task, task.test, [[]], text_only=True, settings=runner.Settings(),
                    chat_template=kosmos)
@@ -147,5 +147,5 @@ def test_chat_query_is_the_question_not_the_vqa_prompt(tmp_path):
   task.template_overrides["prompt"] = "{question} Reply yes or no."
   runner.run_trial(engine, task, task.test, [[]], text_only=True, settings=runner.Settings(),
                    chat_template=template)
-  assert engine.prompts[2][-1]["text"] == ("Is there a dog in the image? Reply yes or no. "
+  assert engine.prompts[2][-1]["text"] == ("\nIs there a dog in the image? Reply yes or no. "
                                            "ASSISTANT:")

@@ -14,6 +14,12 @@ format strings (plain text with placeholders, substituted literally, not str.for
                 (an open turn for generation ends before those spaces: "ASSISTANT:")
     image       the text around each image span, {image} the span (MiniGPT-4: <Img>..</Img>)
     stop        a string that ends a generated answer besides `</s>` ("" = none)
+    image_sep   in a user turn that kosmos composes from images then a question
+                (kosmos-chat, kosmos-eval --chat; `user_content`), the text between the
+                last image and the question, as the system's own chat code joins them:
+                LLaVA "<image>" + "\n" + question, MiniGPT-4 "<Img>..</Img>" + " " +
+                question, mPLUG-Owl "<image>" + "\nHuman: " + question. Records keep
+                their own text (the converters copy it verbatim).
 
 `{bos}` / `{eos}` in a format are the tokenizer's `<s>` / `</s>` ids (never text a user can
 type). A conversation is the record format's segment list (kosmos.data.records:
@@ -62,6 +68,7 @@ class ChatTemplate:
   assistant: str = "Answer: {message}{eos}"
   image: str = "{image}"
   stop: str = ""
+  image_sep: str = ""
 
   def __post_init__(self):
     for field in ("user", "assistant") + (("first_user",) if self.first_user else ()):
@@ -78,23 +85,26 @@ _LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence 
 TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
     ChatTemplate(),
     ChatTemplate(name="llava_v1", system=_LLAVA_SYSTEM, prefix="{system} ",
-                 user="USER: {message} ", assistant="ASSISTANT: {message}{eos}"),
+                 user="USER: {message} ", assistant="ASSISTANT: {message}{eos}",
+                 image_sep="\n"),
     ChatTemplate(name="vicuna_v0",
                  system="Give the following image: <Img>ImageContent</Img>. You will be able "
                  "to see the image once I provide it to you. Please answer my questions.",
                  prefix="{system}###", user="Human: {message}###",
-                 assistant="Assistant: {message}###", image="<Img>{image}</Img>", stop="###"),
+                 assistant="Assistant: {message}###", image="<Img>{image}</Img>", stop="###",
+                 image_sep=" "),
     ChatTemplate(name="mplug_owl",
                  system="The following is a conversation between a curious human and AI. The "
                  "AI gives helpful, detailed, and polite answers to the human's questions.",
                  prefix="{system}\n", user="Human: {message}\n", assistant="AI: {message}\n",
-                 stop="\nHuman:"),
+                 stop="\nHuman:", image_sep="\nHuman: "),
     ChatTemplate(name="llama2",
                  system="You are a helpful language and vision assistant. You are able to "
                  "understand the visual content that the user provides, and assist the user "
                  "with a variety of tasks using natural language.",
                  first_user="[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{message} [/INST]",
-                 user="{bos}[INST] {message} [/INST]", assistant=" {message} {eos}"),
+                 user="{bos}[INST] {message} [/INST]", assistant=" {message} {eos}",
+                 image_sep="\n"),
 )}
 
 
@@ -121,6 +131,18 @@ def from_config(tokenizer: ml_collections.ConfigDict | dict) -> ChatTemplate:
     raise ValueError(f"config.tokenizer.chat_template has unknown fields {unknown}; "
                      f"valid: {sorted(fields)}")
   return ChatTemplate(**values)
+
+
+def user_content(template: ChatTemplate,
+                 content: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """A user turn's content that kosmos composes (kosmos-chat's images and question, a
+  kosmos-eval --chat query): a text right after an image starts with `image_sep`."""
+  out = []
+  for segment in content:
+    if "text" in segment and out and "image" in out[-1] and template.image_sep:
+      segment = {"text": template.image_sep + segment["text"]}
+    out.append(segment)
+  return out
 
 
 # A piece: (kind, value, loss); kind "text" (value str), "image" (value: the segment's

@@ -190,7 +190,8 @@ CHAT_VQA_PROMPT = "{question}"
 
 def chat_prompt(template: chat_lib.ChatTemplate, prompt: prompts_lib.Prompt) -> prompts_lib.Prompt:
   """A 0-shot prompt as one user turn of a chat template, the assistant's turn open."""
-  conversation = [{"turn": records.USER}, *prompt.segments, {"turn": records.ASSISTANT}]
+  conversation = [{"turn": records.USER}, *chat_lib.user_content(template, prompt.segments),
+                  {"turn": records.ASSISTANT}]
   return dataclasses.replace(prompt, segments=chat_lib.prompt_segments(template, conversation))
 
 
