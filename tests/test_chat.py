@@ -267,3 +267,24 @@ def test_composed_user_turns_join_image_and_question_as_the_systems_do():
   assert chat.user_content(t, [{"text": question}]) == [{"text": question}]
   assert chat.user_content(t, [{"text": "a"}, {"image": IMAGE}]) == [{"text": "a"},
                                                                    {"image": IMAGE}]
+
+
+def test_workdirs_saved_before_image_sep_still_resume(tmp_path):
+  """`image_sep` only joins turns kosmos composes (chat, eval --chat), never training
+  records: a workdir saved without it resumes with a template that has it."""
+  import json
+  from kosmos import workdir as workdir_lib
+  from kosmos.train import trainer
+  config = defaults.base()
+  config.model = {"decoder": {"vocab_size": 264}}
+  config.tokenizer.chat_template = chat.config("llava_v1")
+  old = config.to_dict()
+  del old["tokenizer"]["chat_template"]["image_sep"]
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+  workdir_lib.save_params(str(tmp_path), 1, {"w": np.zeros(2, np.float32)})
+  assert config.tokenizer.chat_template.image_sep == "\n"
+  trainer._check_resume_config(config, str(tmp_path))
+  config.tokenizer.chat_template.system = "another"
+  with pytest.raises(ValueError, match="chat_template.system"):
+    trainer._check_resume_config(config, str(tmp_path))

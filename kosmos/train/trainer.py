@@ -140,6 +140,11 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     return
   if "tokenizer" in saved and "grounding" not in saved.tokenizer:  # saved before location tokens
     saved.tokenizer.grounding = defaults.grounding()
+  saved_chat = saved.get("tokenizer", {}).get("chat_template")
+  if saved_chat and "image_sep" not in saved_chat and config.tokenizer.get("chat_template"):
+    # saved before image_sep: it joins composed chat turns only (kosmos-chat, eval --chat),
+    # never training records, so the run's value stands
+    saved_chat.image_sep = config.tokenizer.chat_template.get("image_sep", "")
   old = {k: v for k, v in _flat(saved).items() if k.startswith(("model.", "tokenizer."))}
   new = {k: v for k, v in _flat(config).items() if k.startswith(("model.", "tokenizer."))}
   diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
