@@ -44,8 +44,9 @@ whatever rows its pieces land; one with more than `max_images_per_row` images is
 Bad input: an undecodable record (also a conversation the chat template cannot render: a
 vector segment, a text that is not a string), a pair or conversation with a bad image, a
 record with no content is skipped; a bad image in an interleaved record is dropped (the
-rest is kept); all counted by reason and source. When a source's bad-record fraction exceeds `max_bad_fraction` (after
-`bad_check_min_records` records) the iterator raises `packing.BadDataError` naming it.
+rest is kept); all counted by reason and source. When a source's bad-record fraction exceeds
+`max_bad_fraction` (after `bad_check_min_records` records) the iterator raises
+`packing.BadDataError` naming it.
 """
 
 from __future__ import annotations
