@@ -11,8 +11,9 @@ decay over 300k steps; batch ~1.05M tokens here (paper: 1.2M), mixed 5:5:2 text 
 interleaved as in the paper.
 
 Pod plan: scanned layers, splash attention on TPU, remat `dots_attn`, the loss in
-512-position chunks. Predicted on v5p-256 (kosmos-compile, 2026-12-05, docs/performance.md
-"Pod efficiency"): 19.15 GiB per chip, step 0.383 s, MFU 47.3 %.
+512-position chunks (fused: gradients computed with the loss). Predicted on v5p-256
+(kosmos-compile, 2026-12-05, docs/performance.md "Pod efficiency, second pass"; before
+heads-first splash): 17.40 GiB per chip, step 0.3823 s, MFU 47.4 %.
 """
 
 import ml_collections

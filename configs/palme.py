@@ -38,7 +38,8 @@ Expected (`kosmos-compile ... --topology v5p-256` on a 2-core CPU host, libtpu 0
 2026-12-05; docs/performance.md "Pod efficiency"): mesh fsdp=128, per chip 29.16 GiB of
 95 GiB (temporaries 28.48 GiB), XLA 3.254e14 + splash kernels 2.474e13 FLOPs per chip,
 predicted step 1.207 s, MFU 61.9 % (analytic 4.385e16 FLOPs per step); the step compiled
-in 310 s beside other compiles, plus two loop-cost variants.
+in 310 s beside other compiles, plus two loop-cost variants. That run counted the loss's
+chunk loop once (loop_cost did not know it yet): an upper bound until re-measured.
 """
 
 import ml_collections
