@@ -241,8 +241,10 @@ class Attention(nnx.Module):
 
   def _splash_heads_first(self, x_btd, segment_ids_bt, positions_bt):
     n, g, k = self.num_heads, self.num_kv_heads, self.head_dim
-    q = self._rotate(_project_heads(self.q_proj, x_btd, n), positions_bt, False, True)
-    kk = self._rotate(_project_heads(self.k_proj, x_btd, g), positions_bt, True, True)
+    q = self._rotate(_project_heads(self.q_proj, x_btd, n), positions_bt, is_key=False,
+                     heads_first=True)
+    kk = self._rotate(_project_heads(self.k_proj, x_btd, g), positions_bt, is_key=True,
+                      heads_first=True)
     v = _project_heads(self.v_proj, x_btd, g)
     q = remat_lib.tag(sharding.constrain(q, ("batch", "act_heads", "length", "head_dim")),
                       remat_lib.QUERY)
