@@ -16,7 +16,7 @@ positions offset by pad_id + 1 = 1, on a 512-piece BPE SentencePiece model train
 world's text (`DATA/tokenizer.model`; words are mostly one piece).
 
 `arg` is the data root made by `python data/prepare.py shapes --output DATA` (+ the
-tokenizer, see kosmos/demo.py); pages there hold up to 9 images so that 4-shot binding
+tokenizer, see kosmos/demo/runner.py); pages there hold up to 9 images so that 4-shot binding
 episodes (8 supports + a query) occur in training. Measured (docs/performance.md, Demo,
 2026-11-23): in the default 700 steps the loss falls from 4.5 (first 25 steps) to 0.55 and
 the images are used (CIDEr 156.5 / 111.3 / 121.0 / 122.2 at 0/1/2/4 shots against 67.8 /

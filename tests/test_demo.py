@@ -18,13 +18,13 @@ import os
 
 import pytest
 
-from kosmos import demo
+from kosmos.demo import runner as demo
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """A tiny shapes world: only the eval sets matter here."""
-  from kosmos.data.convert import shapes
+  from kosmos.demo import prepare as shapes
   out = str(tmp_path_factory.mktemp("world"))
   shapes.generate(out, pairs=0, pages=0, texts=0, image_size=32, coco_train=4, coco_val=0,
                   coco_test=4, vqa_train=3, vqa_val=3, binding_episodes=6)
@@ -208,7 +208,7 @@ def test_demo_init_lets_content_through(gpt_init):
   import numpy as np
   from flax import nnx
   from kosmos import configs
-  from kosmos.data import shapes_world as sw
+  from kosmos.demo import world as sw
   from kosmos.model import multimodal
   config = configs.load(f"{demo.CONFIG_FILE}:/nonexistent")
   if gpt_init:

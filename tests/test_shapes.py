@@ -25,9 +25,9 @@ from PIL import Image
 from scipy import ndimage
 
 from kosmos.data import records
-from kosmos.data import shapes_eval
-from kosmos.data import shapes_world as sw
-from kosmos.data.convert import shapes
+from kosmos.demo import eval_sets
+from kosmos.demo import prepare as shapes
+from kosmos.demo import world as sw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(pairs=40, pages=30, texts=20, coco_train=6, coco_val=2, coco_test=10,
@@ -375,7 +375,7 @@ def test_binding_episodes(worlds):
     assert ep["id"] == f"binding-{e:05d}" and len(ep["choices"]) == 2 and ep["label"] in (0, 1)
     assert set(ep["choices"]) <= set(sw.BINDING_WORDS) and len(set(ep["choices"])) == 2
     support = ep["support"]
-    assert len(support) == 2 * shapes_eval.BINDING_SHOTS
+    assert len(support) == 2 * eval_sets.BINDING_SHOTS
     for r in range(0, len(support), 2):  # each round shows both labels
       assert {s["label"] for s in support[r:r + 2]} == set(ep["choices"])
     kinds: dict[str, set] = {}

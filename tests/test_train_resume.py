@@ -176,7 +176,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(data_root, tmp_path)
 
 @pytest.mark.slow  # prepares a small shapes world and a tokenizer, then 3 processes train
 def test_local_sh_2_trains_the_demo_config_like_one_process(tmp_path):
-  from kosmos import demo  # pylint: disable=import-outside-toplevel
+  from kosmos.demo import runner as demo  # pylint: disable=import-outside-toplevel
   data = str(tmp_path / "data")
   plan = demo.Plan(pairs=400, pages=150, texts=60, steps=4, coco_queries=1, vqa_queries=1,
                    binding_episodes=4)

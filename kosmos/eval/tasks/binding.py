@@ -1,7 +1,7 @@
 """Fast-binding classification episodes (Frozen, Tsimpoukelli et al. 2021) from jsonl.
 
 `episodes.jsonl`, one episode a line (the shapes world writes it, see
-`kosmos.data.shapes_eval`; image paths relative to the file's directory):
+`kosmos.demo.eval_sets`; image paths relative to the file's directory):
 
     {"id": "binding-00000",
      "support": [{"image": "images/00000_s0.png", "label": "dax"}, ...],  # rounds of `ways`

@@ -3,7 +3,7 @@
   eval/coco/dataset_coco.json      Karpathy split file; images at coco/<filepath>/<filename>
                                    (JPEG q95): split "train" (demonstrations) in train2014/,
                                    "val" and "test" (queries) in val2014/; five reference
-                                   captions per image (shapes_world.captions)
+                                   captions per image (world.captions)
   eval/vqa/                        VQAv2: v2_OpenEnded_mscoco_{split}2014_questions.json,
                                    v2_mscoco_{split}2014_annotations.json and
                                    {split}2014/COCO_{split}2014_{image_id:012d}.jpg for split
@@ -12,7 +12,7 @@
   eval/binding/episodes.jsonl      2-way fast-binding classification (+ images/, README.md)
 
 Every eval image is distinct (by pixels) from every other eval image; the caller keeps
-training images distinct from them (see convert/shapes.py).
+training images distinct from them (see kosmos/demo/prepare.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kosmos.data import shapes_world as sw
+from kosmos.demo import world as sw
 
 BINDING_WAYS = 2
 BINDING_SHOTS = 4  # support examples per label available in each episode

@@ -5,7 +5,7 @@
 
 Stages, each the real code path a user would run by hand:
 
-  1. prepare   `python data/prepare.py shapes` (kosmos.data.convert.shapes.generate) with
+  1. prepare   `python data/prepare.py shapes` (kosmos.demo.prepare.generate) with
                pages of up to 9 images, then a 512-piece BPE SentencePiece model on the
                world's text (`python data/prepare.py tokenizer`)
   2. train     `kosmos-train --config configs/demo.py:DATA` (trainer.train_and_evaluate),
@@ -18,7 +18,7 @@ Stages, each the real code path a user would run by hand:
   4. export    `kosmos-export --format hf`, then the directory is loaded with transformers'
                Kosmos2ForConditionalGeneration and must answer a VQA prompt as the JAX
                model does (greedy tokens equal)
-  5. report    OUT/report.md + OUT/loss.png (kosmos.demo_report)
+  5. report    OUT/report.md + OUT/loss.png (kosmos.demo.report)
 
 The eval prompts use the world's own text formats (the model never saw "An image of"):
 captions follow the image directly and end with ".", VQA is "Question: q Answer: a."
@@ -43,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from kosmos import configs  # pylint: disable=wrong-import-position
 
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "demo.py")
 SHOTS = (0, 1, 2, 4)
 # Task options for kosmos-eval: the shapes world's formats (see the module docstring).
@@ -124,7 +124,7 @@ def _logged(path: str):
 
 def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
   from kosmos.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from kosmos.data.convert import shapes  # pylint: disable=import-outside-toplevel
+  from kosmos.demo import prepare as shapes  # pylint: disable=import-outside-toplevel
   max_images = configs.load_module(CONFIG_FILE).MAX_IMAGES
   t = time.time()
   world = shapes.generate(data_dir, workers=2, seed=plan.seed, pairs=plan.pairs, pages=plan.pages,
@@ -318,7 +318,7 @@ def verify_hf(workdir: str, hf_dir: str, data_dir: str, new_tokens: int = 6) -> 
 
 def run(out: str, plan: Plan, *, say: Callable[[str], None] | None = None) -> dict[str, Any]:
   """The whole demo into `out`; returns the summary written to OUT/summary.json."""
-  from kosmos import demo_report  # pylint: disable=import-outside-toplevel
+  from kosmos.demo import report as demo_report  # pylint: disable=import-outside-toplevel
   say = say or Narrator()
   os.makedirs(out, exist_ok=True)
   data_dir, workdir = os.path.join(out, "data"), os.path.join(out, "workdir")
