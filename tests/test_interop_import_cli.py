@@ -4,7 +4,8 @@ the tests write (config.json + safetensors + a real tiny SentencePiece model).
 Checks: the SentencePiece model shipped by a checkpoint is copied into an `--out` that
 did not exist yet, and the imported config's tokenizer uses it; a missing source
 directory, an invalid config.json and a truncated safetensors header each end with
-exit status 2 and one stderr line naming the file (no traceback, nothing written).
+exit status 2 and one stderr line naming the file (no traceback, nothing written); a
+`--config` that describes another model exits 2 listing the fields that differ.
 """
 
 from __future__ import annotations
@@ -136,6 +137,17 @@ def test_bad_source_is_one_line_and_exit_2(tmp_path, good_src, capsys, case, wor
   assert err.endswith("\n") and err.count("\n") == 1, err  # one line, no traceback
   assert err.startswith("kosmos-import: cannot import: ") and named in err and words in err, err
   assert not os.path.exists(out)  # nothing written
+
+
+def test_config_that_disagrees_lists_the_fields_and_exits_2(tmp_path, good_src, capsys):
+  config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "kosmos2.py")
+  out = str(tmp_path / "out")
+  capsys.readouterr()
+  assert main.import_main(["--src", good_src, "--config", config, "--out", out]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"kosmos-import: cannot import: --config disagrees with {good_src}"), err
+  assert "model.decoder.d_model: config has 2048" in err and "Traceback" not in err, err
+  assert not os.path.exists(out)
 
 
 def test_missing_vision_dir_is_one_line_and_exit_2(tmp_path, good_src, capsys):

@@ -35,6 +35,10 @@ class Unsupported(ValueError):
   """A kosmos feature (or an HF config field) with no exact counterpart on the other side."""
 
 
+class ConfigMismatch(ValueError):
+  """`kosmos-import --config` describes another model than the checkpoint (lists the fields)."""
+
+
 def _need(ok: bool, message: str) -> None:
   if not ok:
     raise Unsupported(message)

@@ -233,7 +233,7 @@ def import_hf(src: str, out: str, *, config: ml_collections.ConfigDict | None = 
         diffs.append(f"model.image_slot_id: config has {config.model.image_slot_id}, "
                      f"checkpoint has {inferred.model.image_slot_id}")
     if diffs:
-      raise ValueError(f"--config disagrees with {src}/config.json:\n  " + "\n  ".join(diffs))
+      raise hf_config.ConfigMismatch(f"--config disagrees with {src}/config.json:\n  " + "\n  ".join(diffs))
   else:
     config = inferred
   config = ml_collections.ConfigDict(config.to_dict())
@@ -301,7 +301,7 @@ def import_palme(lm: str, vision_dir: str, out: str, *, connector: str = "mlp",
     diffs += hf_config.differences(config.model, ml_collections.ConfigDict(
         dict(vision=vision_fields)), ("vision",))
     if diffs:
-      raise ValueError("--config disagrees with the --lm / --vision checkpoints:\n  " + "\n  ".join(diffs))
+      raise hf_config.ConfigMismatch("--config disagrees with the --lm / --vision checkpoints:\n  " + "\n  ".join(diffs))
   else:
     config = inferred
   config = ml_collections.ConfigDict(config.to_dict())

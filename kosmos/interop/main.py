@@ -95,7 +95,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
                              config=config, num_tokens=args.num_tokens)
     else:
       parser.error("give either --src DIR, or both --lm DIR and --vision DIR")
-  except (hf_config.Unsupported, stream.BadFile) as e:
+  except (hf_config.Unsupported, hf_config.ConfigMismatch, stream.BadFile) as e:
     print(f"kosmos-import: cannot import: {e}", file=sys.stderr)
     return 2
   return 0
