@@ -357,7 +357,7 @@ class Mlp(nnx.Module):
     h_btf = remat_lib.tag(sharding.constrain(h_btf, ("batch", "length", "act_mlp")),
                           remat_lib.MLP_HIDDEN)
     if self.inner_norm is not None:
-      h_btf = self.inner_norm(h_btf)
+      h_btf = remat_lib.tag(self.inner_norm(h_btf), remat_lib.MLP_NORMED)
     return remat_lib.tag(self.fc2(h_btf), remat_lib.MLP_OUT)
 
 

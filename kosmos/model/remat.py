@@ -10,6 +10,8 @@ policy applies to one block (inside the layer scan when `scan_layers` is on).
                 scores) -- MaxText's "minimal"
   dots_attn     dots, and the attention output with the kernel's residuals: a splash
                 kernel's forward is not run again in the backward pass
+  dots_attn_mlp ... and the MLP's activated hidden: its activation is not recomputed
+  dots_attn_mlp_normed  ... and Magneto's Sub-LN output on that hidden (fc2's input)
   dots_all      keep every matmul output, attention scores included
   qkv           keep the q, k, v projections (after rotary)
   qkv_attn      ... and the attention output with the kernel's residuals: attention is
@@ -30,6 +32,7 @@ ATTENTION = "attention_out"  # the attention's context [b, t, n*k], before the o
 ATTENTION_RESIDUALS = "attention_residuals"  # splash kernel's saved logsumexp etc.
 OUT_PROJ = "out_proj"
 MLP_HIDDEN, MLP_OUT = "mlp_hidden", "mlp_out"
+MLP_NORMED = "mlp_normed"  # Magneto's Sub-LN output on the MLP hidden (fc2's input)
 
 NO_REMAT = object()  # sentinel: call the block as it is
 
@@ -39,7 +42,13 @@ _NAMES = {
     "qkv_attn_out": (QUERY, KEY, VALUE, ATTENTION, ATTENTION_RESIDUALS, OUT_PROJ),
     "mlp": (MLP_HIDDEN, MLP_OUT),
 }
-POLICIES = ("none", "full", "dots", "dots_attn", "dots_all") + tuple(_NAMES)
+# Policies that keep the matmul outputs (as "dots") and these names too.
+_DOTS_AND = {
+    "dots_attn": (ATTENTION, ATTENTION_RESIDUALS),
+    "dots_attn_mlp": (ATTENTION, ATTENTION_RESIDUALS, MLP_HIDDEN),
+    "dots_attn_mlp_normed": (ATTENTION, ATTENTION_RESIDUALS, MLP_HIDDEN, MLP_NORMED),
+}
+POLICIES = ("none", "full", "dots", "dots_all") + tuple(_DOTS_AND) + tuple(_NAMES)
 
 
 def policy(name: str) -> Any:
@@ -50,10 +59,10 @@ def policy(name: str) -> Any:
     return jax.checkpoint_policies.nothing_saveable
   if name == "dots":
     return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-  if name == "dots_attn":
+  if name in _DOTS_AND:
     return jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(ATTENTION, ATTENTION_RESIDUALS))
+        jax.checkpoint_policies.save_only_these_names(*_DOTS_AND[name]))
   if name == "dots_all":
     return jax.checkpoint_policies.checkpoint_dots
   if name in _NAMES:
