@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 CHANCE_BINDING = 50.0
+BINDING_BENCH = "python -m kosmos.bench.binding"  # where binding is studied (symbolic keys)
 
 
 def loss_plot(workdir: str, path: str) -> list[tuple[int, float]]:
@@ -47,7 +48,10 @@ def _means(result: dict[str, Any], key: str = "mean") -> dict[int, float]:
 
 # (run name, table label): each run also has a "<name>_blank" run with gray images.
 RUNS = (("coco", "captioning (CIDEr)"), ("vqav2", "VQA, all questions (accuracy)"),
-        ("vqav2_colour", "VQA, colour questions (accuracy)"))
+        ("vqav2_colour", "VQA, colour questions (accuracy)"),
+        ("induction", "task induction (accuracy)"))
+# Runs whose demonstrations come from each episode's own support set (no gray run).
+OWN_DEMO_RUNS = (("binding", "fast binding, 2-way (accuracy)"),)
 
 
 def results_table(results: dict[str, Any]) -> list[str]:
@@ -64,9 +68,17 @@ def results_table(results: dict[str, Any]) -> list[str]:
     if name in results:
       add(label, "real", _means(results[name]))
       add(label, "blank (gray)", _means(results[name + "_blank"]))
-  if "binding" in results:
-    add("fast binding, 2-way (accuracy)", "real", _means(results["binding"]))
+  for name, label in OWN_DEMO_RUNS:
+    if name in results:
+      add(label, "real", _means(results[name]))
   return lines
+
+
+def _two_se(p: float, q: float, n: int) -> float:
+  """Two standard errors (points) of the difference of two accuracies p, q (x100) on n
+  queries each, as if independent."""
+  a, b = p / 100, q / 100
+  return 200 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
 def evidence(summary: dict[str, Any]) -> list[str]:
@@ -84,6 +96,18 @@ def evidence(summary: dict[str, Any]) -> list[str]:
     gaps = ", ".join(f"{s}-shot {real[s]:.1f} vs {blank[s]:.1f}" for s in sorted(real))
     n = res[name]["rows"][0]["num_queries"]
     out.append(f"- **{what}**: real vs blanked images, {n} queries: {gaps}.")
+  if "induction" in res:
+    ind, gray = _means(res["induction"]), _means(res["induction_blank"])
+    n = res["induction"]["rows"][0]["num_queries"]
+    top = max(ind)
+    noise = _two_se(ind[top], ind[0], n)
+    diff = ind[top] - ind[0]
+    out.append(
+        f"- **Task induction** (label type per episode, only shown by the demonstrations; "
+        f"{n} episodes): " + ", ".join(f"{s}-shot {ind[s]:.1f}" for s in sorted(ind))
+        + f" (gray images: " + ", ".join(f"{s}-shot {gray[s]:.1f}" for s in sorted(gray))
+        + f"); {top} shots vs 0: {diff:+.1f} points ("
+        + ("beyond" if diff > noise else "NOT beyond") + f" 2 SE = {noise:.1f}).")
   bind = _means(res["binding"])
   shots = sorted(bind)
   n = res["binding"]["rows"][0]["num_queries"]
@@ -93,7 +117,8 @@ def evidence(summary: dict[str, Any]) -> list[str]:
              f"for {n} episodes)" if diff > noise else
              f"NOT learned: {shots[-1]} shots vs 0 shots differ by {diff:+.1f} points, within "
              f"noise (+-{noise:.1f} at 2 SE for {n} episodes); in-context binding does not "
-             "emerge in this training budget (why: docs/performance.md, Demo)")
+             "emerge in this training budget (why: docs/performance.md, Demo; the copy "
+             f"circuit itself is studied with `{BINDING_BENCH}`)")
   out.append(f"- **Fast binding** (nonce words bound to object kinds afresh per episode, chance {CHANCE_BINDING:.0f}%): "
              + ", ".join(f"{s}-shot {bind[s]:.1f}" for s in shots) + f"; {verdict}.")
   return out
@@ -124,13 +149,17 @@ def write(out: str, summary: dict[str, Any]) -> str:
       + f"; records in the world: {json.dumps({k: v['records'] for k, v in summary['world'].items()})}.",
       "", "![training loss](loss.png)", "",
       "## Few-shot results (kosmos-eval)", "",
+      "![metric against shots, real and gray images](shots.png)", "",
+      "![eval images with the model's outputs at 0 and 4 shots](examples.png)", "",
       "Blank = the same model and prompts with every image (demonstrations' and query's) "
-      "replaced by uniform gray (`kosmos-eval --blank-images`). 0-shot uses two text-only "
-      "demonstrations (Flamingo's protocol). Binding k-shot shows k images per nonce word "
-      "from the episode's own support set.", "",
+      "replaced by uniform gray (`kosmos-eval --blank-images`). 0-shot captioning and VQA "
+      "use two text-only demonstrations (Flamingo's protocol); 0-shot induction uses none "
+      "(their labels would show the label type). Binding k-shot shows k images per nonce "
+      "word, induction k-shot k labelled images, from the episode's own support set.", "",
       *results_table(summary["results"]), "",
       "Prompts: the world's own formats — captioning `[image]` -> `{caption}.`; VQA "
-      "`[image]Question: {question} Answer: {answer}.`; binding `[image]{word}.` "
+      "`[image]Question: {question} Answer: {answer}.`; binding `[image]{word}.`, "
+      "induction `[image]{label}.` "
       "(kosmos-eval `--task-option prompt=/target=/separator=`). Commands:", "",
       "```", *[r["command"] for r in summary["results"].values()], "```", "",
       "## Export", "",
