@@ -64,7 +64,7 @@ def examples(out: str, tasks: dict[str, Any], shots: tuple[int, int] = (0, 4),
     ids = [i for i in preds[shots[0]] if i in preds[shots[1]]]
     by_id = {e.id: e for e in task.test}
     rows.append((title, task, [(by_id[i], [preds[s][i] for s in shots]) for i in ids[:per_row]]))
-  fig, axes = plt.subplots(len(rows), per_row, figsize=(3.2 * per_row, 3.6 * len(rows)),
+  fig, axes = plt.subplots(len(rows), per_row, figsize=(3.2 * per_row, 4.0 * len(rows)),
                            dpi=90, squeeze=False)
   for r, (title, task, items) in enumerate(rows):
     for c in range(per_row):

@@ -152,9 +152,9 @@ def write(out: str, summary: dict[str, Any]) -> str:
       "![metric against shots, real and gray images](shots.png)", "",
       "![eval images with the model's outputs at 0 and 4 shots](examples.png)", "",
       "Blank = the same model and prompts with every image (demonstrations' and query's) "
-      "replaced by uniform gray (`kosmos-eval --blank-images`). 0-shot captioning and VQA "
-      "use two text-only demonstrations (Flamingo's protocol); 0-shot induction uses none "
-      "(their labels would show the label type). Binding k-shot shows k images per nonce "
+      "replaced by uniform gray (`kosmos-eval --blank-images`). 0-shot is the query alone "
+      "(`--no-text-only-demos`: no text-only demonstrations, unlike Flamingo's protocol; "
+      "for induction they would name the label type). Binding k-shot shows k images per nonce "
       "word, induction k-shot k labelled images, from the episode's own support set.", "",
       *results_table(summary["results"]), "",
       "Prompts: the world's own formats — captioning `[image]` -> `{caption}.`; VQA "

@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
     python -m kosmos.demo --out demo_out           # full: 5 min on 2 idle cores (measured)
-    python -m kosmos.demo --out demo_out --short   # 300 steps: 131 s on 2 idle cores (measured)
+    python -m kosmos.demo --out demo_out --short   # 250 steps (tests/test_demo.py)
 
 Stages, each the real code path a user would run by hand:
 
@@ -25,7 +25,10 @@ Stages, each the real code path a user would run by hand:
 
 The eval prompts use the world's own text formats (the model never saw "An image of"):
 captions follow the image directly and end with ".", VQA is "Question: q Answer: a."
-and binding supports are "<word>." (see `PROMPTS`). The console shows a
+and binding and induction supports are "<label>." (see `PROMPTS`). 0 shots is the query
+alone (`kosmos-eval --no-text-only-demos`): the Flamingo protocol's two text-only
+demonstrations are a text the world never shows (captions without their images) and cost
+0-shot captioning 15-17 CIDEr (docs/performance.md, "Demo, ninth session"). The console shows a
 progress narrative; library logs go to OUT/logs/.
 """
 
@@ -83,7 +86,7 @@ class Plan:
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
             colour_queries=120, binding_episodes=200, induction_episodes=240)
-SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=300, coco_queries=24, vqa_queries=48,
+SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=250, coco_queries=24, vqa_queries=48,
              colour_queries=100, binding_episodes=100, induction_episodes=96, coco_shots=(0, 4),
              vqa_shots=(0, 4), binding_shots=(0, 4), induction_shots=(0, 4))
 
@@ -236,7 +239,7 @@ def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrato
       result = runner.evaluate(config, None, run.task, os.path.join(data_dir, "eval", run.data),
                                run.shots, num_queries=run.queries, settings=settings, mesh=mesh,
                                task_options=dict(run.options), show_progress=False,
-                               engine=engine, blank_images=run.blank)
+                               engine=engine, blank_images=run.blank, text_only_demos=False)
     result.update(step=step, workdir=os.path.abspath(workdir),
                   command=eval_command(workdir, data_dir, run))
     runner.write_results(result, os.path.join(out, "eval", f"{run.name}.json"))
@@ -253,7 +256,8 @@ def eval_command(workdir: str, data_dir: str, run: EvalRun) -> str:
   return (f"kosmos-eval --workdir {workdir} --task {run.task} --data {data_dir}/eval/{run.data} "
           f"--shots {','.join(map(str, run.shots))}"
           + (f" --num-queries {run.queries}" if run.queries else "")
-          + (f" {flags}" if flags else "") + (" --blank-images" if run.blank else "")
+          + (f" {flags}" if flags else "") + " --no-text-only-demos"
+          + (" --blank-images" if run.blank else "")
           + f" --out OUT/eval/{run.name}.json")
 
 
