@@ -105,6 +105,7 @@ def shots_plot(results: dict[str, Any], runs: Sequence[tuple[str, str]], path: s
     ax.set_xlabel("shots")
     ax.set_xticks(sorted({r["shots"] for r in results[name]["rows"]}))
     ax.set_ylabel(results[name]["metric"] + " x100")
+    ax.set_ylim(bottom=0)  # small differences keep their scale (binding is at chance)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()

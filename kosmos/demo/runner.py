@@ -1,6 +1,6 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
-    python -m kosmos.demo --out demo_out           # full: 5 min on 2 idle cores (measured)
+    python -m kosmos.demo --out demo_out           # full: 700 steps (docs/performance.md)
     python -m kosmos.demo --out demo_out --short   # 250 steps (tests/test_demo.py)
 
 Stages, each the real code path a user would run by hand:
