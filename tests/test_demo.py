@@ -89,6 +89,13 @@ def test_induction_task_demos_are_the_first_k_supports(world):
   assert built.candidates == query.choices
 
 
+def test_text_only_demos_switch():
+  from kosmos.eval import main as eval_main
+  base = ["--workdir", "w", "--task", "coco", "--data", "d", "--out", "o.json"]
+  assert eval_main.build_parser().parse_args(base).text_only_demos
+  assert not eval_main.build_parser().parse_args(base + ["--no-text-only-demos"]).text_only_demos
+
+
 def test_binding_task_skips_bad_rows(world, tmp_path):
   from kosmos.eval import tasks
   src = os.path.join(world, "eval", "binding")
@@ -153,6 +160,7 @@ def _check_outputs(out: str, summary: dict) -> None:
       saved = json.load(f)
     assert saved["rows"] == summary["results"][name]["rows"]
     assert saved["blank_images"] == name.endswith("_blank")
+    assert saved["rows"][0]["shots"] == 0 and saved["rows"][0]["demos"] == "none"
   export = summary["export"]
   assert export["class"] == "Kosmos2ForConditionalGeneration"
   assert export["tokens_equal"], (export["jax_tokens"], export["hf_tokens"])
