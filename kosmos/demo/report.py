@@ -132,7 +132,7 @@ def evidence(summary: dict[str, Any], out_dir: str | None = None) -> list[str]:
     out.append(
         f"- **Task induction** (label type per episode, only shown by the demonstrations; "
         f"{n} episodes): " + ", ".join(f"{s}-shot {ind[s]:.1f}" for s in sorted(ind))
-        + f" (gray images: " + ", ".join(f"{s}-shot {gray[s]:.1f}" for s in sorted(gray))
+        + " (gray images: " + ", ".join(f"{s}-shot {gray[s]:.1f}" for s in sorted(gray))
         + f"); {top} shots vs 0: {diff:+.1f} points ("
         + ("beyond" if diff > noise else "NOT beyond") + f" 2 SE = {noise:.1f}).")
   bind = _means(res["binding"])
