@@ -17,11 +17,14 @@ world's text (`DATA/tokenizer.model`; words are mostly one piece).
 
 `arg` is the data root made by `python data/prepare.py shapes --output DATA` (+ the
 tokenizer, see kosmos/demo/runner.py); pages there hold up to 9 images so that 4-shot binding
-episodes (8 supports + a query) occur in training. Measured (docs/performance.md, Demo,
-2026-11-23): in the default 700 steps the loss falls from 4.5 (first 25 steps) to 0.55 and
-the images are used (CIDEr 156.5 / 111.3 / 121.0 / 122.2 at 0/1/2/4 shots against 67.8 /
-66.1 / 69.3 / 68.8 with gray images; colour questions 67.5 / 62.5 / 56.7 / 52.5 against
-30.8 / 31.7 / 29.2 / 28.3); in-context fast binding does not emerge (chance at 4 shots).
+episodes (8 supports + a query) and 8-shot task-induction pages occur in training.
+Measured (docs/performance.md, "Demo, ninth session", 2026-12-05, seed 0): in the default
+700 steps the loss falls from 4.42 (first 25 steps) to 0.49; task induction 7.5 / 65.8 /
+67.1 / 65.4 / 60.8 % at 0/1/2/4/8 shots (gray images 12.1 / 31.7 / 32.1 / 31.2 / 31.2);
+colour questions 86.7 / 85.0 / 83.3 / 87.5 at 0/1/2/4 shots against 31.7 with gray
+images; CIDEr 235.6 / 211.5 / 209.9 / 208.8 against 67.7 (demonstrations make the model
+name groups of alike shapes one by one); in-context fast binding does not emerge (chance
+at 4 shots).
 Two reasons, measured (docs/performance.md, Demo): the word follows the constant `</image>`,
 so the copy circuit must match two tokens back, which this decoder does not learn within
 600 steps on symbolic episodes where the one-back match forms by 250

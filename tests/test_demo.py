@@ -1,18 +1,19 @@
 """`make demo` end to end: prepare -> train -> few-shot eval -> HF export -> report.
 
-Fast tests: the binding task, the colour runs, the image ablation, the prompt options and
-the init scale on a tiny world. `test_demo_short` runs `python -m kosmos.demo --short`:
-every stage's outputs, the HF export answering as the JAX model does, the loss falling,
-VQA colour questions above the image-ablated model, 0-shot binding at chance. The full
-plan (`make demo`, marked slow) asserts that the images are used: captioning CIDEr and
-colour accuracy above the same model with gray images. Its binding test is an expected
-failure: 4-shot binding stays at chance in the demo's budget, and also in 3 000 steps of
-binding-dense data with identical support and query images (docs/performance.md, "Demo":
-with symbols for keys the copy circuit forms in 250-400 steps; with image tokens for keys
-it has not formed in any budget measured)."""
+Fast tests: the binding and induction tasks, the colour runs, the image ablation, the
+prompt options and the init scale on a tiny world. `test_demo_short` runs `python -m
+kosmos.demo --short` at seeds 0 and 1: every stage's outputs (report, pictures), the HF
+export answering as the JAX model does, the loss falling, VQA colour questions above the
+image-ablated model, 0-shot binding at chance, and task induction at 4 shots above 0 shots
+beyond 2 standard errors. The full plan (`make demo`, marked slow) asserts that the images
+are used: captioning CIDEr and colour accuracy above the same model with gray images, and
+induction far above 0 shots and above gray images. Binding is not asserted at demo scale:
+4-shot binding stays at chance in the demo's budget (docs/performance.md, "Demo"; the
+copy circuit is studied with `python -m kosmos.bench.binding`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -27,7 +28,7 @@ def world(tmp_path_factory):
   from kosmos.demo import prepare as shapes
   out = str(tmp_path_factory.mktemp("world"))
   shapes.generate(out, pairs=0, pages=0, texts=0, image_size=32, coco_train=4, coco_val=0,
-                  coco_test=4, vqa_train=3, vqa_val=3, binding_episodes=6)
+                  coco_test=4, vqa_train=3, vqa_val=3, binding_episodes=6, induction_episodes=6)
   return out
 
 
@@ -62,6 +63,37 @@ def test_binding_task_demos_are_the_episode_support(world):
   zero = prompts.build_prompt(template, task.demos_for(query, demos_lib.effective_shots(0)),
                               query, candidates=task.candidates(query), text_only_demos=True)
   assert zero.num_images == 1  # 0 shots: the words without their images
+
+
+def test_induction_task_demos_are_the_first_k_supports(world):
+  from kosmos.eval import demos as demos_lib, prompts, tasks
+  task = tasks.load_task("induction", os.path.join(world, "eval", "induction"))
+  assert (task.name, task.kind, len(task.test)) == ("induction", "multiple_choice", 6)
+  assert not task.text_only_zero_shot  # text-only demos would name the label type
+  assert demos_lib.effective_shots(0, task.text_only_zero_shot) == 0
+  rows = [json.loads(l) for l in open(os.path.join(world, "eval", "induction", "episodes.jsonl"))]
+  for query, row in zip(task.test, rows):
+    assert query.choices == tuple(row["choices"]) and query.label == row["label"]
+    for k in (0, 1, 2, 4, 8):
+      assert [d.fields["answer"] for d in task.demos_for(query, k)] == [
+          s["label"] for s in row["support"][:k]]
+    with pytest.raises(ValueError, match="9 shots"):
+      task.demos_for(query, 9)
+  query = task.test[2]
+  options = prompts.get_template(task.template, demo.PROMPTS["induction"])
+  built = prompts.build_prompt(options, task.demos_for(query, 2), query,
+                               candidates=task.candidates(query))
+  labels = [s["label"] for s in rows[2]["support"][:2]]
+  assert [s.get("text") for s in built.segments] == [None, f"{labels[0]}.", None,
+                                                     f"{labels[1]}.", None]
+  assert built.candidates == query.choices
+
+
+def test_text_only_demos_switch():
+  from kosmos.eval import main as eval_main
+  base = ["--workdir", "w", "--task", "coco", "--data", "d", "--out", "o.json"]
+  assert eval_main.build_parser().parse_args(base).text_only_demos
+  assert not eval_main.build_parser().parse_args(base + ["--no-text-only-demos"]).text_only_demos
 
 
 def test_binding_task_skips_bad_rows(world, tmp_path):
@@ -115,14 +147,20 @@ def _check_outputs(out: str, summary: dict) -> None:
   assert "![training loss](loss.png)" in report
   with open(os.path.join(out, "loss.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  for picture in ("shots.png", "examples.png"):
+    assert f"]({picture})" in report
+    with open(os.path.join(out, picture), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "kosmos.bench.binding" in report  # the binding row says where binding is studied
   assert [r.name for r in demo.eval_runs(demo.SHORT)] == [
       "coco", "coco_blank", "vqav2", "vqav2_blank", "vqav2_colour", "vqav2_colour_blank",
-      "binding"]
+      "induction", "induction_blank", "binding"]
   for name in (r.name for r in demo.eval_runs(demo.SHORT)):
     with open(os.path.join(out, "eval", f"{name}.json")) as f:
       saved = json.load(f)
     assert saved["rows"] == summary["results"][name]["rows"]
     assert saved["blank_images"] == name.endswith("_blank")
+    assert saved["rows"][0]["shots"] == 0 and saved["rows"][0]["demos"] == "none"
   export = summary["export"]
   assert export["class"] == "Kosmos2ForConditionalGeneration"
   assert export["tokens_equal"], (export["jax_tokens"], export["hf_tokens"])
@@ -140,14 +178,21 @@ def _mean_gap(real: dict[int, float], blank: dict[int, float]) -> float:
   return sum(real[s] - blank[s] for s in real) / len(real)
 
 
-def test_demo_short(tmp_path):
-  """The short plan (300 steps): the whole pipeline, the loss falls, the images are used
-  (colour questions above the same model with gray images), 0-shot binding at chance.
-  Measured (docs/performance.md, Demo): colour 40.0 / 39.0 vs 25.0 / 30.0 at 0 / 4 shots
-  (seed 0) and 48.0 / 32.0 vs 24.0 / 24.0 (seed 1), 100 questions each. 4-shot binding
-  does not beat 0 shots at this length (nor in the full plan), so it is not asserted."""
+def _two_se(p: float, q: float, n: int) -> float:
+  """2 standard errors (points) of the difference of accuracies p, q (x100), n each."""
+  a, b = p / 100, q / 100
+  return 200 * ((a * (1 - a) + b * (1 - b)) / n) ** 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_short(tmp_path, seed):
+  """The short plan: the whole pipeline, the loss falls, the images are used (colour
+  questions above the same model with gray images), 0-shot binding at chance, 4-shot
+  task induction above 0 shots beyond 2 standard errors. Measured: docs/performance.md,
+  "Demo, ninth session". 4-shot binding does not beat 0 shots at demo scale, so it is not
+  asserted."""
   out = str(tmp_path / "demo")
-  summary = demo.run(out, demo.SHORT)
+  summary = demo.run(out, dataclasses.replace(demo.SHORT, seed=seed))
   _check_outputs(out, summary)
   losses = summary["losses"]
   assert losses[-1] < 0.25 * losses[0], losses  # measured 4.43 -> 0.66 in 300 steps
@@ -157,6 +202,10 @@ def test_demo_short(tmp_path):
   assert all(colour[s] > gray[s] for s in colour), (colour, gray)
   binding = _by_shots(results["binding"])
   assert 35.0 <= binding[0] <= 65.0, binding  # 100 episodes, labels balanced
+  induction = _by_shots(results["induction"])
+  n = results["induction"]["rows"][0]["num_queries"]
+  assert n >= 60, n
+  assert induction[4] - induction[0] > _two_se(induction[4], induction[0], n), induction
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +232,13 @@ def test_demo_full_images_are_used(full):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="fast binding does not emerge in 700 steps on 2 "
-                   "cores: 4-shot accuracy measured at chance, also in 3 000 steps of "
-                   "binding-dense data without </image> and with 2 tokens per image, and with "
-                   "support and query images pixel-identical (docs/performance.md, Demo, sixth "
-                   "session); the symbolic benchmark (kosmos.bench.binding) forms the same "
-                   "match in 250-400 steps of pure binding data")
-def test_demo_full_binding_improves_with_shots(full):
-  binding = _by_shots(full["results"]["binding"])
-  assert 35.0 <= binding[0] <= 65.0, binding
-  assert binding[4] > binding[0] + 10.0, binding
+def test_demo_full_task_induction(full):
+  """The issue's done-when: 4-shot induction >= 25 points above 0 shots and above the
+  gray-image control at 4 shots."""
+  real = _by_shots(full["results"]["induction"])
+  gray = _by_shots(full["results"]["induction_blank"])
+  assert real[4] >= real[0] + 25.0, real
+  assert real[4] > gray[4], (real, gray)
 
 
 @pytest.mark.parametrize("gpt_init", [False, True])

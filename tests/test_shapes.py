@@ -32,7 +32,7 @@ from kosmos.demo import world as sw
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(pairs=40, pages=30, texts=20, coco_train=6, coco_val=2, coco_test=10,
              vqa_train=4, vqa_val=10, questions_per_image=3, binding_episodes=10,
-             records_per_shard=16)
+             induction_episodes=12, records_per_shard=16)
 KINDS = ("pair", "interleaved", "text")
 
 # ---------------------------------------------------------------------------- pixel detector
@@ -277,6 +277,18 @@ def test_a_false_caption_is_caught():
       check_caption(wrong, pixels)
 
 
+def induction_labels_from_pixels(pixels: np.ndarray) -> dict[str, str]:
+  """An induction image's label under every type, read from its pixels."""
+  objs = detect(pixels)
+  assert len({(o["shape"], o["colour"], o["size"]) for o in objs}) == 1, objs  # one or a group
+  o = objs[0]
+  labels = {"colour": o["colour"], "shape": o["shape"], "count": sw.NUMBER_WORDS[len(objs)],
+            "position": o["position"], "size": o["size"], "code": sw.CODE_WORDS[o["colour"]]}
+  if len(objs) > 1:
+    del labels["position"]
+  return labels
+
+
 def test_interleaved_pages_are_true_of_their_pixels(worlds):
   pages = list(records.read_dir(os.path.join(worlds["a"], "records", "interleaved")))
   seen = set()
@@ -297,6 +309,11 @@ def test_interleaved_pages_are_true_of_their_pixels(worlds):
       kinds = [v.split() for v in meta["bindings"].values()]  # kinds differ in both
       assert len({c for c, _ in kinds}) == len({s for _, s in kinds}) == len(kinds)
       assert len(segments) == 2 * (meta["ways"] * meta["shots"] + 1)
+    if meta["page"] == "induction":
+      for k in range(0, len(segments), 2):
+        labels = induction_labels_from_pixels(_pixels(segments[k]["image"]))
+        assert segments[k + 1]["text"] == labels[meta["label_type"]] + "."
+      continue
     for k, seg in enumerate(segments):
       if "image" not in seg or meta["page"] == "binding":
         continue
@@ -391,6 +408,39 @@ def test_binding_episodes(worlds):
   assert [ep["label"] for ep in episodes].count(0) == len(episodes) // 2
 
 
+def test_induction_episodes(worlds):
+  root = os.path.join(worlds["a"], "eval", "induction")
+  with open(os.path.join(root, "episodes.jsonl")) as f:
+    episodes = [json.loads(line) for line in f]
+  assert len(episodes) == SMALL["induction_episodes"]
+  assert "episodes.jsonl" in open(os.path.join(root, "README.md")).read()
+  types = sw.INDUCTION_TYPES
+  assert [ep["label_type"] for ep in episodes] == [types[e % len(types)]
+                                                   for e in range(len(episodes))]
+  for e, ep in enumerate(episodes):
+    t = ep["label_type"]
+    assert ep["id"] == f"induction-{e:05d}" and ep["support_per_shot"] == 1
+    assert len(ep["support"]) == eval_sets.INDUCTION_SHOTS
+    for s in ep["support"]:
+      pixels = _pixels(open(os.path.join(root, s["image"]), "rb").read())
+      assert s["label"] == induction_labels_from_pixels(pixels)[t]
+    query = induction_labels_from_pixels(
+        _pixels(open(os.path.join(root, ep["query"]["image"]), "rb").read()))
+    assert ep["labels"] == query
+    vocabulary = sw.induction_vocabulary(t)
+    # Every label of the type, then the query's true label under each other type.
+    assert ep["choices"][:len(vocabulary)] == list(vocabulary)
+    assert ep["choices"][len(vocabulary):] == [query[u] for u in types if u != t and u in query]
+    assert len(set(ep["choices"])) == len(ep["choices"])
+    assert ep["choices"][ep["label"]] == query[t]
+
+
+def test_code_words_are_no_other_words():
+  words = set(sw.CODE_WORDS.values())
+  assert len(words) == len(sw.COLOURS) and set(sw.CODE_WORDS) == set(sw.COLOURS)
+  assert not words & (set(sw.all_nonce_words()) | set(sw.BINDING_WORDS))
+
+
 def test_no_eval_image_equals_a_training_image(worlds):
   train_png, train_jpeg, train_pixels = set(), set(), set()
   for kind in ("pair", "interleaved"):
@@ -405,7 +455,8 @@ def test_no_eval_image_equals_a_training_image(worlds):
   eval_images = {k: v for k, v in evals.items() if k.endswith((".jpg", ".png"))}
   assert len(eval_images) == (SMALL["coco_train"] + SMALL["coco_val"] + SMALL["coco_test"]
                               + SMALL["vqa_train"] + SMALL["vqa_val"]
-                              + 9 * SMALL["binding_episodes"])
+                              + 9 * SMALL["binding_episodes"]
+                              + (eval_sets.INDUCTION_SHOTS + 1) * SMALL["induction_episodes"])
   eval_pixels = {Image.open(io.BytesIO(v)).convert("RGB").tobytes()
                  for k, v in eval_images.items() if k.endswith(".png")}
   assert len(set(eval_images.values())) == len(eval_images)  # eval images pairwise distinct
@@ -473,7 +524,7 @@ def test_sample_questions_gives_k_distinct_true_questions():
 
 def test_image_size_flag_sets_every_image(tmp_path):
   tiny = dict(pairs=3, pages=3, texts=1, coco_train=1, coco_val=0, coco_test=1, vqa_train=1,
-              vqa_val=1, binding_episodes=1)
+              vqa_val=1, binding_episodes=1, induction_episodes=1)
   shapes.generate(str(tmp_path), image_size=32, **tiny)
   sizes = {_pixels(s["image"]).shape for kind in ("pair", "interleaved")
            for r in records.read_dir(os.path.join(tmp_path, "records", kind))

@@ -4,11 +4,13 @@ Writes (all byte-identical for a given --seed and counts, whatever --workers):
 
   DIR/records/pair/          kind=pair: [image, caption]
   DIR/records/interleaved/   kind=interleaved pages: galleries (captions), quizzes
-                             (Question/Answer) and Frozen-style fast-binding episodes
+                             (Question/Answer), Frozen-style fast-binding episodes and
+                             task-induction pages (one unnamed label type per page)
   DIR/records/text/          kind=text: sentences of world knowledge
   DIR/eval/coco/             Karpathy-split captions (dataset_coco.json + JPEGs)
   DIR/eval/vqa/              VQAv2 questions/annotations (+ JPEGs), splits train and val
   DIR/eval/binding/          2-way nonce-word classification episodes (jsonl + PNGs)
+  DIR/eval/induction/        task-induction episodes (jsonl + PNGs, the binding layout)
   DIR/world.json             vocabulary, templates, counts, seed
 
 Every record or eval item draws from its own generator seeded by (seed, stream, index);
@@ -36,12 +38,13 @@ from kosmos.data import records
 from kosmos.demo import world as sw
 from kosmos.demo import eval_sets
 
-DESCRIPTION = "synthetic shapes world: pair/interleaved/text records + COCO, VQAv2, binding evals"
+DESCRIPTION = "synthetic shapes world: pair/interleaved/text records + COCO, VQAv2, binding, induction evals"
 SOURCE = "shapes"
 COLLISION = "eval_image_collision"
 # Seed streams: training and eval never share one.
-STREAMS = {"pair": 1, "interleaved": 2, "text": 3, "coco": 11, "vqa": 12, "binding": 13}
-PAGE_KINDS = ("binding", "gallery", "quiz")
+STREAMS = {"pair": 1, "interleaved": 2, "text": 3, "coco": 11, "vqa": 12, "binding": 13,
+           "induction": 14}
+PAGE_KINDS = ("binding", "induction", "gallery", "quiz")
 GALLERY_TITLES = ("Shapes.", "My pictures of shapes.", "A page about shapes.",
                   "Look at these shapes.")
 
@@ -60,7 +63,8 @@ class Config:
   texts: int = 5000
   image_size: int = 48
   max_images_per_page: int = 5
-  binding_fraction: float = 0.5
+  binding_fraction: float = 0.1
+  induction_fraction: float = 0.4
   coco_train: int = 200
   coco_val: int = 50
   coco_test: int = 300
@@ -68,11 +72,12 @@ class Config:
   vqa_val: int = 200
   questions_per_image: int = 3
   binding_episodes: int = 200
+  induction_episodes: int = 240
   records_per_shard: int = 1000
 
   def check(self) -> None:
     for name in ("pairs", "pages", "texts", "coco_train", "coco_val", "coco_test", "vqa_train",
-                 "vqa_val", "binding_episodes"):
+                 "vqa_val", "binding_episodes", "induction_episodes"):
       if getattr(self, name) < 0:
         raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
     if self.seed < 0:
@@ -82,8 +87,10 @@ class Config:
     if self.max_images_per_page < 3:
       raise ValueError(f"--max-images-per-page {self.max_images_per_page} must be >= 3 "
                        "(a binding episode needs two supports and a query)")
-    if not 0 <= self.binding_fraction <= 1:
-      raise ValueError(f"--binding-fraction {self.binding_fraction} must be in [0, 1]")
+    if min(self.binding_fraction, self.induction_fraction) < 0 or (
+        self.binding_fraction + self.induction_fraction > 1):
+      raise ValueError(f"--binding-fraction {self.binding_fraction} and --induction-fraction "
+                       f"{self.induction_fraction} must be >= 0 and sum to <= 1")
     if self.questions_per_image < 1 or self.records_per_shard < 1:
       raise ValueError("--questions-per-image and --records-per-shard must be >= 1")
 
@@ -154,13 +161,29 @@ def binding_segments(rng: np.random.Generator, maker: ImageMaker,
   return segments, meta
 
 
+def induction_segments(rng: np.random.Generator, maker: ImageMaker,
+                       max_images: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """A task-induction page: 2..max_images images, each followed by its label under the
+  page's label type ("red.", "two.", "top left.", "hapo."), the type never named."""
+  label_type = sw.INDUCTION_TYPES[rng.integers(len(sw.INDUCTION_TYPES))]
+  segments: list[dict[str, Any]] = []
+  for _ in range(int(rng.integers(2, max_images + 1))):
+    scene, png = maker.png(lambda: sw.induction_scene(rng, label_type))
+    segments += [{"image": png}, {"text": f"{sw.induction_labels(scene)[label_type]}."}]
+  return segments, {"page": "induction", "label_type": label_type}
+
+
 def page_record(i: int, rng: np.random.Generator, maker: ImageMaker, *, max_images: int,
-                binding_fraction: float) -> dict[str, Any]:
-  """An interleaved page: a binding episode, a gallery of captions or a quiz."""
-  other = (1 - binding_fraction) / 2
-  kind = PAGE_KINDS[rng.choice(3, p=[binding_fraction, other, other])]
+                binding_fraction: float, induction_fraction: float) -> dict[str, Any]:
+  """An interleaved page: a binding episode, a task-induction page, a gallery of captions
+  or a quiz."""
+  other = (1 - binding_fraction - induction_fraction) / 2
+  kind = PAGE_KINDS[rng.choice(len(PAGE_KINDS),
+                               p=[binding_fraction, induction_fraction, other, other])]
   if kind == "binding":
     segments, meta = binding_segments(rng, maker, max_images)
+  elif kind == "induction":
+    segments, meta = induction_segments(rng, maker, max_images)
   else:
     segments = []
     if kind == "gallery":
@@ -196,7 +219,8 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
         record = pair_record(i, rng, maker)
       elif kind == "interleaved":
         record = page_record(i, rng, maker, max_images=config.max_images_per_page,
-                             binding_fraction=config.binding_fraction)
+                             binding_fraction=config.binding_fraction,
+                             induction_fraction=config.induction_fraction)
       else:
         record = text_record(i, rng)
       writer.write(record)
@@ -286,6 +310,7 @@ def world_summary(config: Config, eval_counts: dict[str, Any],
       "scene_kinds": dict(zip(sw.SCENE_KINDS, sw.SCENE_KIND_PROBS)),
       "nonce": {"syllables": list(sw.SYLLABLES), "codas": list(sw.CODAS),
                 "words": len(sw.all_nonce_words()), "binding_words": list(sw.BINDING_WORDS)},
+      "induction": {"types": list(sw.INDUCTION_TYPES), "code": sw.CODE_WORDS},
       "templates": sw.TEMPLATES,
       "records": {kind: {"records": m["records"], "kinds": m["kinds"], "dropped": m["dropped"],
                          "path": f"records/{kind}"} for kind, m in manifests.items()},
@@ -308,6 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     ">= 11 px (at 32 px small stars blur into circles)",
       "max_images_per_page": "images per interleaved page at most (data.max_images_per_doc)",
       "binding_fraction": "share of interleaved pages that are fast-binding episodes",
+      "induction_fraction": "share of interleaved pages that are task-induction pages",
       "coco_train": "COCO-layout images in split 'train' (few-shot demonstrations)",
       "coco_val": "COCO-layout images in split 'val'",
       "coco_test": "COCO-layout images in split 'test' (queries)",
@@ -315,6 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "vqa_val": "VQAv2-layout images in split val (queries)",
       "questions_per_image": "VQA questions per image",
       "binding_episodes": "binding eval episodes (2-way, 4 shots available)",
+      "induction_episodes": "task-induction eval episodes (8 supports, label types balanced)",
       "records_per_shard": "records per ArrayRecord shard",
   }
   for field in dataclasses.fields(Config):

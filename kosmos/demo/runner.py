@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
-    python -m kosmos.demo --out demo_out           # full: 5 min on 2 idle cores (measured)
-    python -m kosmos.demo --out demo_out --short   # 300 steps: 131 s on 2 idle cores (measured)
+    python -m kosmos.demo --out demo_out           # full: 700 steps (docs/performance.md)
+    python -m kosmos.demo --out demo_out --short   # 250 steps (tests/test_demo.py)
 
 Stages, each the real code path a user would run by hand:
 
@@ -13,16 +13,22 @@ Stages, each the real code path a user would run by hand:
   3. eval      `kosmos-eval` (kosmos.eval.runner.evaluate, one Engine shared by all runs)
                at 0/1/2/4 shots: COCO-layout captioning (CIDEr), VQAv2-layout VQA
                (accuracy) on all questions and on the colour questions only (the answer
-               is only in the pixels), each also with every image blanked to gray (image
-               ablation), and fast-binding classification (accuracy; 0 shots is chance)
+               is only in the pixels), task induction at 0/1/2/4/8 shots (accuracy; the
+               label type is only shown by the demonstrations), each also with every
+               image blanked to gray (image ablation), and fast-binding classification
+               (accuracy; 0 shots is chance)
   4. export    `kosmos-export --format hf`, then the directory is loaded with transformers'
                Kosmos2ForConditionalGeneration and must answer a VQA prompt as the JAX
                model does (greedy tokens equal)
-  5. report    OUT/report.md + OUT/loss.png (kosmos.demo.report)
+  5. report    OUT/report.md + OUT/loss.png (kosmos.demo.report), OUT/examples.png and
+               OUT/shots.png (kosmos.demo.pictures)
 
 The eval prompts use the world's own text formats (the model never saw "An image of"):
 captions follow the image directly and end with ".", VQA is "Question: q Answer: a."
-and binding supports are "<word>." (see `PROMPTS`). The console shows a
+and binding and induction supports are "<label>." (see `PROMPTS`). 0 shots is the query
+alone (`kosmos-eval --no-text-only-demos`): the Flamingo protocol's two text-only
+demonstrations are a text the world never shows (captions without their images) and cost
+0-shot captioning 15-17 CIDEr (docs/performance.md, "Demo, ninth session"). The console shows a
 progress narrative; library logs go to OUT/logs/.
 """
 
@@ -51,6 +57,7 @@ PROMPTS = {
     "coco": {"prompt": "", "target": "{caption}", "separator": "."},
     "vqav2": {"separator": "."},
     "binding": {"prompt": "", "target": "{answer}", "separator": "."},
+    "induction": {"prompt": "", "target": "{answer}", "separator": "."},
 }
 # The VQAv2 "question_type" of the world's colour questions: their answer is only in the
 # pixels, so the colour runs (kosmos-eval --task-option question_types=...) measure image use.
@@ -68,18 +75,20 @@ class Plan:
   vqa_queries: int  # all question types
   colour_queries: int  # colour questions only (COLOUR_TYPES)
   binding_episodes: int
+  induction_episodes: int
   coco_shots: tuple[int, ...] = SHOTS
   vqa_shots: tuple[int, ...] = SHOTS
   binding_shots: tuple[int, ...] = SHOTS
+  induction_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
   eval_batch: int = 16
   seed: int = 0  # the world's seed (prepare) and the training seeds (init, data order)
 
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
-            colour_queries=120, binding_episodes=200)
-SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=300, coco_queries=24, vqa_queries=48,
-             colour_queries=100, binding_episodes=100, coco_shots=(0, 4), vqa_shots=(0, 4),
-             binding_shots=(0, 4))
+            colour_queries=120, binding_episodes=200, induction_episodes=240)
+SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=250, coco_queries=24, vqa_queries=48,
+             colour_queries=100, binding_episodes=100, induction_episodes=96, coco_shots=(0, 4),
+             vqa_shots=(0, 4), binding_shots=(0, 4), induction_shots=(0, 4))
 
 
 class Narrator:
@@ -129,9 +138,10 @@ def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
   t = time.time()
   world = shapes.generate(data_dir, workers=2, seed=plan.seed, pairs=plan.pairs, pages=plan.pages,
                           texts=plan.texts, image_size=32, max_images_per_page=max_images,
-                          binding_episodes=plan.binding_episodes)
+                          binding_episodes=plan.binding_episodes,
+                          induction_episodes=plan.induction_episodes)
   say(f"prepare: shapes world -> {data_dir}: {plan.pairs} pairs, {plan.pages} pages "
-      f"(<= {max_images} images), {plan.texts} texts + COCO/VQAv2/binding eval sets "
+      f"(<= {max_images} images), {plan.texts} texts + COCO/VQAv2/binding/induction eval sets "
       f"({time.time() - t:.0f} s)")
   t = time.time()
   records = [os.path.join(data_dir, "records", k) for k in ("pair", "interleaved", "text")]
@@ -193,14 +203,15 @@ class EvalRun:
 
 
 def eval_runs(plan: Plan) -> list[EvalRun]:
-  """Captioning, VQA (all questions) and VQA colour questions, each with real and with
-  gray images, then binding."""
+  """Captioning, VQA (all questions), VQA colour questions and task induction, each with
+  real and with gray images, then binding."""
   colour = {**PROMPTS["vqav2"], "question_types": list(COLOUR_TYPES)}
   runs = []
   for name, task, data, queries, shots, options in (
       ("coco", "coco", "coco", plan.coco_queries, plan.coco_shots, PROMPTS["coco"]),
       ("vqav2", "vqav2", "vqa", plan.vqa_queries, plan.vqa_shots, PROMPTS["vqav2"]),
-      ("vqav2_colour", "vqav2", "vqa", plan.colour_queries, plan.vqa_shots, colour)):
+      ("vqav2_colour", "vqav2", "vqa", plan.colour_queries, plan.vqa_shots, colour),
+      ("induction", "induction", "induction", 0, plan.induction_shots, PROMPTS["induction"])):
     runs += [EvalRun(name, task, data, queries, shots, False, options),
              EvalRun(name + "_blank", task, data, queries, shots, True, options)]
   return runs + [EvalRun("binding", "binding", "binding", 0, plan.binding_shots, False,
@@ -228,7 +239,7 @@ def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrato
       result = runner.evaluate(config, None, run.task, os.path.join(data_dir, "eval", run.data),
                                run.shots, num_queries=run.queries, settings=settings, mesh=mesh,
                                task_options=dict(run.options), show_progress=False,
-                               engine=engine, blank_images=run.blank)
+                               engine=engine, blank_images=run.blank, text_only_demos=False)
     result.update(step=step, workdir=os.path.abspath(workdir),
                   command=eval_command(workdir, data_dir, run))
     runner.write_results(result, os.path.join(out, "eval", f"{run.name}.json"))
@@ -245,7 +256,8 @@ def eval_command(workdir: str, data_dir: str, run: EvalRun) -> str:
   return (f"kosmos-eval --workdir {workdir} --task {run.task} --data {data_dir}/eval/{run.data} "
           f"--shots {','.join(map(str, run.shots))}"
           + (f" --num-queries {run.queries}" if run.queries else "")
-          + (f" {flags}" if flags else "") + (" --blank-images" if run.blank else "")
+          + (f" {flags}" if flags else "") + " --no-text-only-demos"
+          + (" --blank-images" if run.blank else "")
           + f" --out OUT/eval/{run.name}.json")
 
 
@@ -313,6 +325,21 @@ def verify_hf(workdir: str, hf_dir: str, data_dir: str, new_tokens: int = 6) -> 
           "parameters": int(sum(p.numel() for p in model.parameters()))}
 
 
+def pictures(out: str, data_dir: str, plan: Plan, results: dict[str, Any]) -> list[str]:
+  """OUT/examples.png (captions, colour answers and induction labels at 0 and 4 shots
+  beside the references) and OUT/shots.png (metric against shots, real vs gray)."""
+  from kosmos.demo import pictures as pictures_lib  # pylint: disable=import-outside-toplevel
+  from kosmos.demo import report as demo_report  # pylint: disable=import-outside-toplevel
+  from kosmos.eval import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
+  shown = dict(pictures_lib.EXAMPLE_RUNS)
+  tasks = {run.name: tasks_lib.load_task(run.task, os.path.join(data_dir, "eval", run.data),
+                                         **run.options)
+           for run in eval_runs(plan) if run.name in shown and not run.blank}
+  return [pictures_lib.examples(out, tasks),
+          pictures_lib.shots_plot(results, demo_report.RUNS + demo_report.OWN_DEMO_RUNS,
+                                  os.path.join(out, "shots.png"))]
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -339,6 +366,8 @@ def run(out: str, plan: Plan, *, say: Callable[[str], None] | None = None) -> di
   t = time.time()
   results = evaluate_all(workdir, data_dir, out, plan, say, os.path.join(logs, "eval.log"))
   timings["eval"] = time.time() - t
+  drawn = pictures(out, data_dir, plan, results)
+  say(f"report: {', '.join(drawn)}")
   exported = export(workdir, os.path.join(out, "hf"), data_dir, say,
                     os.path.join(logs, "export.log"))
   timings["export"] = exported["seconds"]

@@ -22,6 +22,8 @@ Text produced here (the formats a model trained on this world sees, see `TEMPLAT
   questions       "what colour is the circle?" -> "red"; "how many squares are there?" -> "2"
   binding         fast binding (Frozen, Reddy 2023): "dax." after an image, with the nonce
                   word bound to an object kind only within its page
+  induction       task induction: "red." or "two." or "hapo." after an image, the page's
+                  label type (`INDUCTION_TYPES`) never named, only shown by its labels
   facts           text-only statements: "a triangle has three corners."
 """
 
@@ -73,6 +75,7 @@ TEMPLATES = {
     "gallery_page": "{title} [image] {caption}. [image] {caption}. ...",
     "quiz_page": "[image] Question: {question} Answer: {answer}. ...",
     "binding_page": "[image] {word}. [image] {word}. ... (the last image is the query)",
+    "induction_page": "[image] {label}. [image] {label}. ... (one label type per page)",
 }
 # Fast binding binds these nonce words to object kinds drawn afresh and uniformly on every
 # page (and eval episode), so the weights cannot know which word names which kind: only
@@ -422,6 +425,56 @@ def nonce_words(rng: np.random.Generator, n: int) -> list[str]:
   """n distinct nonce words."""
   words = all_nonce_words()
   return [words[i] for i in rng.choice(len(words), size=n, replace=False)]
+
+
+# ---------------------------------------------------------------------------- task induction
+
+# Task induction: every image of a page is followed by its label under the page's label
+# type, drawn per page and never named in the text, so only the page's earlier (image,
+# label) pairs tell which attribute to name. "code" is a fixed colour-to-nonce-word code
+# of the whole world (the weights can learn it, unlike the per-page binding words); its
+# words use syllables outside SYLLABLES, so they are never nonce or binding words.
+INDUCTION_TYPES = ("colour", "shape", "count", "position", "size", "code")
+CODE_WORDS = {"red": "hapo", "green": "jeku", "blue": "quib", "yellow": "yoff",
+              "purple": "cheg"}
+
+
+def induction_vocabulary(label_type: str) -> tuple[str, ...]:
+  """Every label of a type."""
+  vocabularies = {"colour": tuple(COLOURS), "shape": SHAPES,
+                  "count": NUMBER_WORDS[1:MAX_OBJECTS + 1], "position": POSITIONS,
+                  "size": SIZES, "code": tuple(CODE_WORDS[c] for c in COLOURS)}
+  if label_type not in vocabularies:
+    raise ValueError(f"induction label type {label_type!r} not in {INDUCTION_TYPES}")
+  return vocabularies[label_type]
+
+
+def induction_scene(rng: np.random.Generator, label_type: str) -> Scene:
+  """A scene with one label per type: one object, or (not for "position") half of the
+  time a group of 2-3 objects of one shape, colour and size."""
+  single = label_type == "position" or rng.random() < 0.5
+  return sample_scene(rng, "single" if single else "group")
+
+
+def induction_labels(scene: Scene) -> dict[str, str]:
+  """The scene's label under each type, in INDUCTION_TYPES order ("position" only for
+  a single object). The scene must be single or a group (`induction_scene`)."""
+  o = scene.objects[0]
+  if len(scene.objects) > 1 and not _is_group(scene):
+    raise ValueError(f"a mixed scene has no single colour/shape/size label: {scene}")
+  labels = {"colour": o.colour, "shape": o.shape, "count": NUMBER_WORDS[len(scene.objects)],
+            "position": POSITIONS[o.cell], "size": o.size, "code": CODE_WORDS[o.colour]}
+  if len(scene.objects) > 1:
+    del labels["position"]
+  return labels
+
+
+def induction_choices(label_type: str, labels: dict[str, str]) -> list[str]:
+  """An eval query's candidates: every label of the page's type, then the query's own
+  label under each other type. Without the type (0 shots) the true labels of the other
+  types are as plausible as the answer; with it, blank images leave 1 / |type's labels|."""
+  return list(induction_vocabulary(label_type)) + [
+      labels[t] for t in INDUCTION_TYPES if t != label_type and t in labels]
 
 
 # ---------------------------------------------------------------------------- text facts

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "needs --shots 0 (no demonstrations), e.g. POPE on a chat-tuned model")
   parser.add_argument("--blank-images", action="store_true",
                       help="image ablation: show every image as uniform gray (same prompts)")
+  parser.add_argument("--text-only-demos", action=argparse.BooleanOptionalAction, default=True,
+                      help="0 shots shows two text-only demonstrations, as Flamingo and "
+                      "OpenFlamingo do (default; tasks whose demonstration texts give the "
+                      "task away, e.g. induction, never do); --no-text-only-demos: none")
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument("--out", required=True, help="results JSON file")
   return parser
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                            task_options=task_options,
                            rices_cache_dir=os.path.join(args.workdir, "eval", "rices_cache"),
                            show_progress=not args.no_progress, blank_images=args.blank_images,
-                           chat=args.chat)
+                           chat=args.chat, text_only_demos=args.text_only_demos)
   result.update(step=step, workdir=os.path.abspath(args.workdir), data=os.path.abspath(args.data),
                 command="kosmos-eval " + " ".join(argv if argv is not None else sys.argv[1:]))
   runner.write_results(result, args.out)

@@ -279,7 +279,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
              blank_images: bool = False,
              protocol: str | protocols_lib.Protocol = protocols_lib.KOSMOS,
              rices_embed_fn: demos_lib.EmbedFn | None = None,
-             rices_embedder: str = "own_vision", chat: bool = False) -> dict[str, Any]:
+             rices_embedder: str = "own_vision", chat: bool = False,
+             text_only_demos: bool = True) -> dict[str, Any]:
   """Evaluates one task at several shot counts (module docstring). Returns a results dict
   with "rows" (one per shot count) and "predictions" {shots: [per-trial prediction lists]}.
   blank_images: the image ablation, every image shown as uniform gray (`blank`).
@@ -292,7 +293,9 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     evaluated model's own vision tower.
   chat: render each query as one user turn of the config's chat template
     (config.tokenizer.chat_template, kosmos.data.chat) and generate the assistant's answer;
-    shots must be [0], and no demonstrations are shown (not even text-only ones)."""
+    shots must be [0], and no demonstrations are shown (not even text-only ones).
+  text_only_demos: 0 shots shows two text-only demonstrations (Flamingo's protocol) when
+    the task allows it (`Task.text_only_zero_shot`); False: 0 shots shows none."""
   task_options = dict(task_options or {})
   protocol = protocols_lib.get_protocol(task_options.pop("protocol", protocol))
   if isinstance(task, str):
@@ -330,12 +333,12 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
   total = sum(len(local) * (1 if by_rices(s) else trials) for s in shots)
   bar = _progress_bar(total, f"{task.name}", show_progress and jax.process_index() == 0)
   for shot in shots:
-    k = demos_lib.effective_shots(shot)
+    k = demos_lib.effective_shots(shot, text_only_demos and task.text_only_zero_shot)
     fixed_demos = task.demos_for is not None
     shot_trials = 1 if fixed_demos or by_rices(shot) else trials
     values, shot_predictions, details = [], [], []
     for trial in range(shot_trials):
-      if chat_template is not None:
+      if chat_template is not None or k == 0:
         demos = [[] for _ in local]
       elif fixed_demos:
         demos = [task.demos_for(q, k) for q in local]
@@ -355,7 +358,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, task: str | tasks_l
     source = "task" if fixed_demos else ("rices" if by_rices(shot) else "random")
     rows.append({"shots": shot, "metric": task.metric, "values": values, "mean": mean,
                  "std": std, "trials": shot_trials, "num_queries": len(queries),
-                 "demos": f"text_only_{source}" if shot == 0 else source})
+                 "demos": source if shot else f"text_only_{source}" if k else "none"})
     if details[0] is not None:
       rows[-1]["details"] = details
     predictions[str(shot)] = shot_predictions

@@ -19,6 +19,8 @@ pass loader options). Each loader module documents its file format.
     tfds            any TFDS dataset: options of `tfds_task` (dataset=..., kind=..., keys)
     binding         episodes.jsonl (fast-binding episodes, e.g. the shapes world's
                     eval/binding/); each episode's support set is its demonstrations
+    induction       episodes.jsonl in the binding layout (the shapes world's
+                    eval/induction/: task induction); 0 shots = no demonstrations
     pope            coco_pope_{split}.json (split=random|popular|adversarial, default
                     random; questions=PATH for another file), images data_dir/val2014/;
                     zero-shot, reports accuracy, precision, recall, F1, yes-ratio
@@ -112,6 +114,9 @@ TASKS: dict[str, Callable[..., Task]] = {
                                      data_dir=d or None, **o),
     "binding": lambda d, **o: binding_task(
         o.pop("jsonl_path", os.path.join(d, "episodes.jsonl")), **o),
+    "induction": lambda d, **o: binding_task(
+        o.pop("jsonl_path", os.path.join(d, "episodes.jsonl")),
+        **{"name": "induction", "text_only_zero_shot": False, **o}),
     "flickr30k_entities": flickr_entities_task,
     "pope": lambda d, **o: _pope(d, **o),
 }

@@ -89,6 +89,9 @@ class Task:
   template_overrides: dict = dataclasses.field(default_factory=dict)  # prompts.get_template
   demos_for: Callable[[Example, int], list[Example]] | None = None  # per-query demos
   extra_metrics: dict = dataclasses.field(default_factory=dict)  # {name: metric_options}
+  # 0 shots = two text-only demonstrations (Flamingo); False for tasks whose demonstration
+  # texts alone would give the task away (task induction): 0 shots = no demonstrations.
+  text_only_zero_shot: bool = True
 
   def __post_init__(self):
     if self.kind not in KINDS:
