@@ -35,9 +35,15 @@ words or less (the attention pool averages mostly the shared background).
 import ml_collections
 
 from kosmos import defaults
+from kosmos.data import grounding
+from kosmos.data import tokenizer
 from kosmos.model import connector, decoder, multimodal, vision
 
 MAX_IMAGES = 9  # a 4-shot 2-way binding episode: 8 supports + the query
+GROUNDING_GRID = 8  # location tokens: 8 x 8 cells of 4 px on the 32-px images
+# 512 BPE pieces + the 6 grounding tags and 64 cells as user-defined pieces (ids 8-77): the
+# world's text tokenizes exactly as with a 512-piece model without them (measured).
+VOCAB_SIZE = 512 + len(grounding.pieces(GROUNDING_GRID))
 
 
 def get_config(arg=None):
@@ -54,18 +60,21 @@ def get_config(arg=None):
   connector_config = connector.default_config("attention_pool", num_tokens=8)
   connector_config.update(num_heads=4, init_std=0.5)
   decoder_config = decoder.default_config()
-  decoder_config.update(family="magneto", vocab_size=512, d_model=128, num_layers=4, num_heads=4,
+  decoder_config.update(family="magneto", vocab_size=VOCAB_SIZE, d_model=128, num_layers=4, num_heads=4,
                         ffn_dim=512, positions="sinusoidal", position_offset=1, max_len=512,
                         embed_init_std=128 ** -0.5)
   config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
                                            decoder=decoder_config)
   config.tokenizer.path = f"{root}/tokenizer.model"
+  config.tokenizer.grounding.update(grounding.trained_ids(tokenizer.GROUNDING_FIRST_ID,
+                                                          GROUNDING_GRID))
   config.data.update(seq_len=192, global_batch_size=16, max_images_per_row=12,
                      max_images_per_doc=MAX_IMAGES, packing_bins=4, mix_estimate_records=64)
   config.data.sources = ml_collections.ConfigDict({
       "text": dict(path=f"{root}/records/text", kind="text", weight=0.1),
       "pair": dict(path=f"{root}/records/pair", kind="pair", weight=0.35),
       "interleaved": dict(path=f"{root}/records/interleaved", kind="interleaved", weight=0.55),
+      "grounded": dict(path=f"{root}/records/grounded", kind="pair", weight=0.15),
   })
   config.optim.update(peak_lr=2e-3, warmup_steps=50, decay="cosine", end_lr_fraction=0.05,
                       grad_clip=1.0, weight_decay=0.01)

@@ -10,6 +10,7 @@
                                    train (demonstrations) and val (queries); ten identical
                                    answers per question (the world has no annotator noise)
   eval/binding/episodes.jsonl      2-way fast-binding classification (+ images/, README.md)
+  eval/refexp/                     MDETR RefCOCO layout, when asked for (kosmos.demo.grounding)
 
 Every eval image is distinct (by pixels) from every other eval image; the caller keeps
 training images distinct from them (see kosmos/demo/prepare.py).
@@ -26,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kosmos.demo import grounding
 from kosmos.demo import world as sw
 
 BINDING_WAYS = 2
@@ -177,7 +179,7 @@ def build_binding(files: Files, episodes: int, seed: int, image_size: int, maker
 
 def build_all(config: Any, maker: Any, rng: Callable[..., np.random.Generator]
               ) -> tuple[Files, dict[str, Any]]:
-  """The three eval sets in memory: (files by path under eval/, counts for world.json).
+  """The eval sets in memory: (files by path under eval/, counts for world.json).
 
   `maker` is an ImageMaker whose `forbidden` set collects every eval image's pixel digest;
   `rng(stream, index, sub=0)` gives the item generators."""
@@ -196,12 +198,19 @@ def build_all(config: Any, maker: Any, rng: Callable[..., np.random.Generator]
             "binding": {"episodes": binding, "ways": BINDING_WAYS, "shots": BINDING_SHOTS,
                         "path": "eval/binding/episodes.jsonl"},
             "image_collisions_redrawn": maker.collisions}
+  if config.refexp_train or config.refexp_val:
+    expressions = grounding.build_refexp(
+        files, {"train": config.refexp_train, "val": config.refexp_val}, maker, rng)
+    counts["refexp"] = {"images": {"train": config.refexp_train, "val": config.refexp_val},
+                        "expressions": expressions, "path": "eval/refexp"}
+    counts["image_collisions_redrawn"] = maker.collisions
   return files, counts
 
 
 def write_files(eval_dir: str, files: Files, threads: int = 8) -> None:
-  """Replaces eval_dir/{coco,vqa,binding} with `files` (threads: file creation is I/O bound)."""
-  for name in ("coco", "vqa", "binding"):
+  """Replaces eval_dir/{coco,vqa,binding,refexp} with `files` (threads: file creation is I/O
+  bound)."""
+  for name in ("coco", "vqa", "binding", "refexp"):
     if os.path.isdir(os.path.join(eval_dir, name)):
       shutil.rmtree(os.path.join(eval_dir, name))
   for directory in sorted({os.path.dirname(p) for p in files}):

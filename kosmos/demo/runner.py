@@ -55,6 +55,7 @@ PROMPTS = {
 # The VQAv2 "question_type" of the world's colour questions: their answer is only in the
 # pixels, so the colour runs (kosmos-eval --task-option question_types=...) measure image use.
 COLOUR_TYPES = ("what colour is the",)
+REFEXP_TRAIN = 20  # referring eval images of split train (demonstrations when shots > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +72,15 @@ class Plan:
   coco_shots: tuple[int, ...] = SHOTS
   vqa_shots: tuple[int, ...] = SHOTS
   binding_shots: tuple[int, ...] = SHOTS
+  grounded: int = 0  # grounded pair records (kosmos.demo.grounding); 0 = no grounding
+  refexp_queries: int = 0  # referring expressions asked (refcoco layout), real and gray
+  refexp_shots: tuple[int, ...] = (0,)
   eval_batch: int = 16
   seed: int = 0  # the world's seed (prepare) and the training seeds (init, data order)
 
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
-            colour_queries=120, binding_episodes=200)
+            colour_queries=120, binding_episodes=200, grounded=4000, refexp_queries=200)
 SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=300, coco_queries=24, vqa_queries=48,
              colour_queries=100, binding_episodes=100, coco_shots=(0, 4), vqa_shots=(0, 4),
              binding_shots=(0, 4))
@@ -125,18 +129,24 @@ def _logged(path: str):
 def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
   from kosmos.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from kosmos.demo import prepare as shapes  # pylint: disable=import-outside-toplevel
-  max_images = configs.load_module(CONFIG_FILE).MAX_IMAGES
+  module = configs.load_module(CONFIG_FILE)
+  max_images = module.MAX_IMAGES
   t = time.time()
   world = shapes.generate(data_dir, workers=2, seed=plan.seed, pairs=plan.pairs, pages=plan.pages,
                           texts=plan.texts, image_size=32, max_images_per_page=max_images,
-                          binding_episodes=plan.binding_episodes)
+                          binding_episodes=plan.binding_episodes, grounded=plan.grounded,
+                          refexp_train=REFEXP_TRAIN if plan.refexp_queries else 0,
+                          refexp_val=plan.refexp_queries)
+  grounded = (f", {plan.grounded} grounded pairs" if plan.grounded else "")
   say(f"prepare: shapes world -> {data_dir}: {plan.pairs} pairs, {plan.pages} pages "
-      f"(<= {max_images} images), {plan.texts} texts + COCO/VQAv2/binding eval sets "
-      f"({time.time() - t:.0f} s)")
+      f"(<= {max_images} images), {plan.texts} texts{grounded} + COCO/VQAv2/binding"
+      f"{'/refexp' if plan.refexp_queries else ''} eval sets ({time.time() - t:.0f} s)")
   t = time.time()
-  records = [os.path.join(data_dir, "records", k) for k in ("pair", "interleaved", "text")]
-  tok = tokenizer_lib.train_tokenizer(records, 512, os.path.join(data_dir, "tokenizer.model"),
-                                      model_type="bpe")
+  records = [os.path.join(data_dir, "records", k) for k in ("pair", "interleaved", "text")
+             + (("grounded",) if plan.grounded else ())]
+  tok = tokenizer_lib.train_tokenizer(records, module.VOCAB_SIZE,
+                                      os.path.join(data_dir, "tokenizer.model"),
+                                      model_type="bpe", grounding_grid=module.GROUNDING_GRID)
   say(f"prepare: SentencePiece BPE tokenizer, vocab {tok.vocab_size} ({time.time() - t:.0f} s)")
   return world
 
@@ -146,6 +156,8 @@ def load_config(data_dir: str, plan: Plan):
   config.train.steps = plan.steps
   config.train.checkpoint_every = plan.steps
   config.seed = config.data.shuffle_seed = plan.seed
+  if not plan.grounded:
+    del config.data.sources["grounded"]
   return config
 
 
@@ -203,8 +215,12 @@ def eval_runs(plan: Plan) -> list[EvalRun]:
       ("vqav2_colour", "vqav2", "vqa", plan.colour_queries, plan.vqa_shots, colour)):
     runs += [EvalRun(name, task, data, queries, shots, False, options),
              EvalRun(name + "_blank", task, data, queries, shots, True, options)]
-  return runs + [EvalRun("binding", "binding", "binding", 0, plan.binding_shots, False,
-                         PROMPTS["binding"])]
+  runs.append(EvalRun("binding", "binding", "binding", 0, plan.binding_shots, False,
+                       PROMPTS["binding"]))
+  if plan.refexp_queries:
+    runs += [EvalRun("refcoco" + blank, "refcoco", "refexp", plan.refexp_queries,
+                     plan.refexp_shots, bool(blank), {}) for blank in ("", "_blank")]
+  return runs
 
 
 def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrator,
