@@ -3,17 +3,24 @@
     python -m kosmos.demo --out demo_out          # prepares data, trains, evaluates, exports
     # or by hand:
     python data/prepare.py shapes --output demo_out/data --image-size 32 \
-        --max-images-per-page 9 --pairs 20000 --pages 8000 --texts 2000
-    python data/prepare.py tokenizer --input demo_out/data/records/{pair,interleaved,text} \
-        --output demo_out/data/tokenizer.model --vocab-size 512 --model-type bpe
+        --max-images-per-page 9 --pairs 20000 --pages 8000 --texts 2000 \
+        --grounded 4000 --refexp-train 20 --refexp-val 200
+    python data/prepare.py tokenizer \
+        --input demo_out/data/records/{pair,interleaved,text,grounded} \
+        --output demo_out/data/tokenizer.model --vocab-size 582 --model-type bpe \
+        --grounding-grid 8
     kosmos-train --config configs/demo.py:demo_out/data --workdir demo_out/workdir
 
 Kosmos-2 layout, so `kosmos-export --format hf` writes a `Kosmos2ForConditionalGeneration`:
 a CLIP ViT on 32-px images (8-px patches: 16 patches + class token, width 96, 2 blocks,
 post-LN, L2-normalised features), the `attention_pool` connector with 8 latent queries
 (8 image tokens per image), and a 4-layer magneto decoder (d 128, 4 heads) with sinusoidal
-positions offset by pad_id + 1 = 1, on a 512-piece BPE SentencePiece model trained on the
-world's text (`DATA/tokenizer.model`; words are mostly one piece).
+positions offset by pad_id + 1 = 1, on a BPE SentencePiece model trained on the world's
+text (`DATA/tokenizer.model`; words are mostly one piece): 512 pieces plus KOSMOS-2's six
+grounding tags and 8 x 8 location tokens `<patch_index_0000>`..`<patch_index_0063>` (4-px
+cells) as user-defined pieces, ids 8-77. The `grounded` source (kosmos.demo.grounding) links
+the objects' expressions to their boxes, `<grounding><phrase> the small green
+square</phrase><object><patch_index_0000><patch_index_0018></object>`.
 
 `arg` is the data root made by `python data/prepare.py shapes --output DATA` (+ the
 tokenizer, see kosmos/demo/runner.py); pages there hold up to 9 images so that 4-shot binding

@@ -5,14 +5,16 @@ kind=pair): an image of 1-3 objects that differ pairwise in (shape, colour) — 
 "single" and "mixed" (`SCENE_KINDS`), never "group", whose objects look alike — and a caption
 naming every object by its referring expression (`expression`), in random order:
 
-    "the large blue square, the small red circle and the small green star"
+    "the small blue triangle and the large purple star"
 
 with `meta.boxes = [[start, end, x1, y1, x2, y2], ...]`: each phrase's character span and its
 object's box (`object_box`), normalised to [0, 1] — GRIT's layout (kosmos.data.convert.grit),
 which the training pipeline renders with the config's grid (configs/demo.py: 8 x 8 cells of
 4 px) as
 
-    <grounding><phrase> the large blue square</phrase><object><patch_index_0000><patch_index_0019></object>,<phrase> the small ...
+    <grounding><phrase> the small blue triangle</phrase><object><patch_index_0036>
+    <patch_index_0054></object> and<phrase> the large purple star</phrase><object>
+    <patch_index_0004><patch_index_0031></object>                      (one line)
 
 Referring eval set (`--refexp-train N --refexp-val N`, DATA/eval/refexp/): MDETR's RefCOCO
 layout as `kosmos-eval --task refcoco` reads it (kosmos.eval.tasks.refexp):
@@ -20,7 +22,7 @@ layout as `kosmos-eval --task refcoco` reads it (kosmos.eval.tasks.refexp):
 object's box in `annotations`, `bbox` [x, y, w, h] in pixels) and the JPEGs (q95) in
 `train2014/COCO_train2014_{image:012d}.jpg`. Every object of an image is one expression; in
 these scenes the expression names it uniquely and says nothing of where it is, so only the
-pixels can locate it (the gray-image control cannot).
+pixels can locate it (the gray-image control can only guess).
 
 `boxes_picture` draws predicted against true boxes on eval images (OUT/boxes.png).
 """

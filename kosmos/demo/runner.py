@@ -6,19 +6,22 @@
 Stages, each the real code path a user would run by hand:
 
   1. prepare   `python data/prepare.py shapes` (kosmos.demo.prepare.generate) with
-               pages of up to 9 images, then a 512-piece BPE SentencePiece model on the
-               world's text (`python data/prepare.py tokenizer`)
+               pages of up to 9 images and (full plan) grounded pairs, then a BPE
+               SentencePiece model on the world's text, 512 pieces + 70 location pieces
+               (`python data/prepare.py tokenizer --grounding-grid 8`)
   2. train     `kosmos-train --config configs/demo.py:DATA` (trainer.train_and_evaluate),
-               pair + interleaved + text records mixed
+               pair + interleaved + text (+ grounded pair) records mixed
   3. eval      `kosmos-eval` (kosmos.eval.runner.evaluate, one Engine shared by all runs)
                at 0/1/2/4 shots: COCO-layout captioning (CIDEr), VQAv2-layout VQA
                (accuracy) on all questions and on the colour questions only (the answer
                is only in the pixels), each also with every image blanked to gray (image
-               ablation), and fast-binding classification (accuracy; 0 shots is chance)
+               ablation), and fast-binding classification (accuracy; 0 shots is chance);
+               full plan: referring expressions in RefCOCO's layout (accuracy at IoU >= 0.5,
+               kosmos.demo.grounding), with real and with gray images, 0 shots
   4. export    `kosmos-export --format hf`, then the directory is loaded with transformers'
                Kosmos2ForConditionalGeneration and must answer a VQA prompt as the JAX
                model does (greedy tokens equal)
-  5. report    OUT/report.md + OUT/loss.png (kosmos.demo.report)
+  5. report    OUT/report.md + OUT/loss.png + OUT/boxes.png (kosmos.demo.report)
 
 The eval prompts use the world's own text formats (the model never saw "An image of"):
 captions follow the image directly and end with ".", VQA is "Question: q Answer: a."
@@ -206,7 +209,8 @@ class EvalRun:
 
 def eval_runs(plan: Plan) -> list[EvalRun]:
   """Captioning, VQA (all questions) and VQA colour questions, each with real and with
-  gray images, then binding."""
+  gray images, then binding, then (when the plan asks) referring expressions with real and
+  with gray images."""
   colour = {**PROMPTS["vqav2"], "question_types": list(COLOUR_TYPES)}
   runs = []
   for name, task, data, queries, shots, options in (
