@@ -130,6 +130,10 @@ def _check_outputs(out: str, summary: dict) -> None:
   # The demo's tokenizer is SentencePiece BPE, which transformers' tokenizer files do not
   # reproduce id for id (kosmos.interop.hf_tokenizer): the export writes none and says so.
   assert "tokenizer_config.json" not in export["files"]
+  if "refcoco" in summary["results"]:  # the full plan's grounding (tests/test_demo_grounding.py)
+    assert "](boxes.png)" in report and "referring (acc@IoU0.5)" in report
+    with open(os.path.join(out, "boxes.png"), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def _by_shots(result: dict, key: str = "mean") -> dict[int, float]:

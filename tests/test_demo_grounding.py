@@ -169,6 +169,21 @@ def test_boxes_picture(world, tmp_path):
   def count(rgb):
     return int((np.abs(pixels - np.asarray(rgb)).max(-1) < 30).sum())
 
-  assert count((0, 255, 0)) > 100 and count((255, 0, 255)) > 100  # true and predicted boxes
+  assert count((0, 255, 255)) > 100 and count((255, 0, 255)) > 100  # true and predicted boxes
   with pytest.raises(ValueError, match="none of 1 predictions"):
     grounding.boxes_picture(data, [{"id": "nope", "prediction": None, "boxes": []}], path)
+
+
+def test_report_rows_and_verdict():
+  from kosmos.demo import report
+
+  def result(mean):
+    return {"rows": [{"shots": 0, "mean": mean, "num_queries": 200}]}
+
+  table = report.results_table({"refcoco": result(15.0), "refcoco_blank": result(12.5)})
+  assert table[2:] == ["| referring (acc@IoU0.5) | real | 15.0 |",
+                       "| referring (acc@IoU0.5) | blank (gray) | 12.5 |"]
+  # 2 SE of a difference of two accuracies near 14 % over 200 queries: 6.9 points.
+  assert "NOT shown" in report.grounding_evidence(result(15.0), result(12.5))
+  assert "+-6.9" in report.grounding_evidence(result(15.0), result(12.5))
+  assert "locate the objects" in report.grounding_evidence(result(45.0), result(12.5))

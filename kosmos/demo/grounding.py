@@ -43,7 +43,7 @@ REFEXP_NAME = "refcoco"  # the kosmos-eval task that reads the layout
 SPLITS = ("train", "val")
 IMAGE_DIR = "train2014"
 SQUARE_HALF_SIDE = 0.9  # world.render_scene draws a square of half side 0.9 r
-TRUE_COLOUR, PREDICTED_COLOUR = "lime", "magenta"
+TRUE_COLOUR, PREDICTED_COLOUR = "cyan", "magenta"  # apart from every shape colour
 
 Box = tuple[float, float, float, float]
 

@@ -118,13 +118,11 @@ def grounding_evidence(real: dict[str, Any], blank: dict[str, Any]) -> str:
           + ". True (solid) vs predicted (dashed) boxes: boxes.png.")
 
 
-def boxes_figure(out: str) -> str | None:
-  """OUT/boxes.png from the first referring run with real images (None without one)."""
+def boxes_figure(out: str) -> str:
+  """OUT/boxes.png from the referring run with real images (OUT/eval/refcoco.predictions.json
+  at its fewest shots); returns its name relative to OUT."""
   from kosmos.demo import grounding  # pylint: disable=import-outside-toplevel
-  path = os.path.join(out, "eval", "refcoco.predictions.json")
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
+  with open(os.path.join(out, "eval", "refcoco.predictions.json"), encoding="utf-8") as f:
     predictions = json.load(f)
   first = predictions[min(predictions, key=int)][0]  # fewest shots, first trial
   grounding.boxes_picture(os.path.join(out, "data", "eval", "refexp"), first,
@@ -133,10 +131,11 @@ def boxes_figure(out: str) -> str | None:
 
 
 def write(out: str, summary: dict[str, Any]) -> str:
-  """Writes OUT/loss.png and OUT/report.md; returns the report's path."""
+  """Writes OUT/loss.png, OUT/boxes.png (with referring runs) and OUT/report.md; returns the
+  report's path."""
   workdir = os.path.join(out, "workdir")
   loss_plot(workdir, os.path.join(out, "loss.png"))
-  boxes = boxes_figure(out)
+  boxes = boxes_figure(out) if "refcoco" in summary["results"] else None
   t, ex, plan = summary["timings"], summary["export"], summary["plan"]
   counts, config = summary["parameters"], summary["config"]
   d, v, c = (config["model"][k] for k in ("decoder", "vision", "connector"))
