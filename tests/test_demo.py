@@ -9,7 +9,9 @@ colour accuracy above the same model with gray images. Its binding test is an ex
 failure: 4-shot binding stays at chance in the demo's budget, and also in 3 000 steps of
 binding-dense data with identical support and query images (docs/performance.md, "Demo":
 with symbols for keys the copy circuit forms in 250-400 steps; with image tokens for keys
-it has not formed in any budget measured)."""
+it has not formed in any budget measured). The full plan also reports referring accuracy
+with real and gray images and OUT/boxes.png; that the images locate the objects is an
+expected failure as well (docs/performance.md, "Demo grounding")."""
 
 from __future__ import annotations
 
@@ -197,6 +199,16 @@ def test_demo_full_binding_improves_with_shots(full):
   binding = _by_shots(full["results"]["binding"])
   assert 35.0 <= binding[0] <= 65.0, binding
   assert binding[4] > binding[0] + 10.0, binding
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="the demo model does not learn to localise in 700 "
+                   "steps: referring accuracy 15.0 vs 12.5 with gray images at grounding "
+                   "weight 0.15, 16.0 vs 18.0 at 0.5, the boxes the same with and without "
+                   "the image (docs/performance.md, Demo grounding)")
+def test_demo_full_grounding_uses_images(full):
+  real, gray = _by_shots(full["results"]["refcoco"]), _by_shots(full["results"]["refcoco_blank"])
+  assert real[0] > gray[0] + 10.0, (real, gray)
 
 
 @pytest.mark.parametrize("gpt_init", [False, True])
