@@ -45,7 +45,7 @@ SOURCE = "shapes"
 COLLISION = "eval_image_collision"
 # Seed streams: training and eval never share one.
 STREAMS = {"pair": 1, "interleaved": 2, "text": 3, "grounded": 4, "coco": 11, "vqa": 12,
-           "binding": 13, "refexp": 14}
+           "binding": 13, "refexp": 15}  # 14: task induction (branch demo)
 PAGE_KINDS = ("binding", "gallery", "quiz")
 GALLERY_TITLES = ("Shapes.", "My pictures of shapes.", "A page about shapes.",
                   "Look at these shapes.")
