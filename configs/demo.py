@@ -69,9 +69,9 @@ def get_config(arg=None):
   connector_config = connector.default_config("attention_pool", num_tokens=8)
   connector_config.update(num_heads=4, init_std=0.5)
   decoder_config = decoder.default_config()
-  decoder_config.update(family="magneto", vocab_size=VOCAB_SIZE, d_model=128, num_layers=4, num_heads=4,
-                        ffn_dim=512, positions="sinusoidal", position_offset=1, max_len=512,
-                        embed_init_std=128 ** -0.5)
+  decoder_config.update(family="magneto", vocab_size=VOCAB_SIZE, d_model=128, num_layers=4,
+                        num_heads=4, ffn_dim=512, positions="sinusoidal", position_offset=1,
+                        max_len=512, embed_init_std=128 ** -0.5)
   config.model = multimodal.default_config(vision=vision_config, connector=connector_config,
                                            decoder=decoder_config)
   config.tokenizer.path = f"{root}/tokenizer.model"
