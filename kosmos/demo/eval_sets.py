@@ -11,6 +11,7 @@
                                    answers per question (the world has no annotator noise)
   eval/binding/episodes.jsonl      2-way fast-binding classification (+ images/, README.md)
   eval/induction/episodes.jsonl    task induction, the binding layout (+ images/, README.md)
+  eval/refexp/                     MDETR RefCOCO layout, when asked for (kosmos.demo.grounding)
 
 Every eval image is distinct (by pixels) from every other eval image; the caller keeps
 training images distinct from them (see kosmos/demo/prepare.py).
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kosmos.demo import grounding
 from kosmos.demo import world as sw
 
 BINDING_WAYS = 2
@@ -238,7 +240,7 @@ def build_induction(files: Files, episodes: int, seed: int, image_size: int, mak
 
 def build_all(config: Any, maker: Any, rng: Callable[..., np.random.Generator]
               ) -> tuple[Files, dict[str, Any]]:
-  """The four eval sets in memory: (files by path under eval/, counts for world.json).
+  """The eval sets in memory: (files by path under eval/, counts for world.json).
 
   `maker` is an ImageMaker whose `forbidden` set collects every eval image's pixel digest;
   `rng(stream, index, sub=0)` gives the item generators."""
@@ -262,12 +264,19 @@ def build_all(config: Any, maker: Any, rng: Callable[..., np.random.Generator]
                           "types": list(sw.INDUCTION_TYPES),
                           "path": "eval/induction/episodes.jsonl"},
             "image_collisions_redrawn": maker.collisions}
+  if config.refexp_train or config.refexp_val:
+    expressions = grounding.build_refexp(
+        files, {"train": config.refexp_train, "val": config.refexp_val}, maker, rng)
+    counts["refexp"] = {"images": {"train": config.refexp_train, "val": config.refexp_val},
+                        "expressions": expressions, "path": "eval/refexp"}
+    counts["image_collisions_redrawn"] = maker.collisions
   return files, counts
 
 
 def write_files(eval_dir: str, files: Files, threads: int = 8) -> None:
-  """Replaces eval_dir/{coco,vqa,binding,induction} with `files` (threads: file creation is I/O bound)."""
-  for name in ("coco", "vqa", "binding", "induction"):
+  """Replaces eval_dir/{coco,vqa,binding,induction,refexp} with `files` (threads: file
+  creation is I/O bound)."""
+  for name in ("coco", "vqa", "binding", "induction", "refexp"):
     if os.path.isdir(os.path.join(eval_dir, name)):
       shutil.rmtree(os.path.join(eval_dir, name))
   for directory in sorted({os.path.dirname(p) for p in files}):

@@ -7,10 +7,13 @@ Writes (all byte-identical for a given --seed and counts, whatever --workers):
                              (Question/Answer), Frozen-style fast-binding episodes and
                              task-induction pages (one unnamed label type per page)
   DIR/records/text/          kind=text: sentences of world knowledge
+  DIR/records/grounded/      kind=pair with meta.boxes: referring expressions of the
+                             objects with their boxes (--grounded N; kosmos.demo.grounding)
   DIR/eval/coco/             Karpathy-split captions (dataset_coco.json + JPEGs)
   DIR/eval/vqa/              VQAv2 questions/annotations (+ JPEGs), splits train and val
   DIR/eval/binding/          2-way nonce-word classification episodes (jsonl + PNGs)
   DIR/eval/induction/        task-induction episodes (jsonl + PNGs, the binding layout)
+  DIR/eval/refexp/           referring expressions in MDETR's RefCOCO layout (--refexp-val N)
   DIR/world.json             vocabulary, templates, counts, seed
 
 Every record or eval item draws from its own generator seeded by (seed, stream, index);
@@ -37,13 +40,14 @@ import numpy as np
 from kosmos.data import records
 from kosmos.demo import world as sw
 from kosmos.demo import eval_sets
+from kosmos.demo import grounding
 
 DESCRIPTION = "synthetic shapes world: pair/interleaved/text records + COCO, VQAv2, binding, induction evals"
 SOURCE = "shapes"
 COLLISION = "eval_image_collision"
 # Seed streams: training and eval never share one.
-STREAMS = {"pair": 1, "interleaved": 2, "text": 3, "coco": 11, "vqa": 12, "binding": 13,
-           "induction": 14}
+STREAMS = {"pair": 1, "interleaved": 2, "text": 3, "grounded": 4, "coco": 11, "vqa": 12,
+           "binding": 13, "induction": 14, "refexp": 15}
 PAGE_KINDS = ("binding", "induction", "gallery", "quiz")
 GALLERY_TITLES = ("Shapes.", "My pictures of shapes.", "A page about shapes.",
                   "Look at these shapes.")
@@ -73,11 +77,15 @@ class Config:
   questions_per_image: int = 3
   binding_episodes: int = 200
   induction_episodes: int = 240
+  grounded: int = 0
+  refexp_train: int = 0
+  refexp_val: int = 0
   records_per_shard: int = 1000
 
   def check(self) -> None:
     for name in ("pairs", "pages", "texts", "coco_train", "coco_val", "coco_test", "vqa_train",
-                 "vqa_val", "binding_episodes", "induction_episodes"):
+                 "vqa_val", "binding_episodes", "induction_episodes", "grounded", "refexp_train",
+                 "refexp_val"):
       if getattr(self, name) < 0:
         raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
     if self.seed < 0:
@@ -217,6 +225,8 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
       rng = stream_rng(config.seed, kind, i)
       if kind == "pair":
         record = pair_record(i, rng, maker)
+      elif kind == "grounded":
+        record = grounding.grounded_record(f"{SOURCE}-grounded-{i:07d}", SOURCE, rng, maker)
       elif kind == "interleaved":
         record = page_record(i, rng, maker, max_images=config.max_images_per_page,
                              binding_fraction=config.binding_fraction,
@@ -235,7 +245,9 @@ def _record_tasks(output: str, config: Config, forbidden: frozenset[bytes]
   tasks = {}
   # Heaviest first (a page has ~3.5 images), so the workers finish together.
   for kind, count in (("interleaved", config.pages), ("pair", config.pairs),
-                      ("text", config.texts)):
+                      ("text", config.texts), ("grounded", config.grounded)):
+    if kind == "grounded" and not count:  # off unless asked for
+      continue
     directory = os.path.join(output, "records", kind)
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):  # a previous run's shards would be read as ours
@@ -342,6 +354,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "questions_per_image": "VQA questions per image",
       "binding_episodes": "binding eval episodes (2-way, 4 shots available)",
       "induction_episodes": "task-induction eval episodes (8 supports, label types balanced)",
+      "grounded": "grounded pair records: expressions of the objects with their boxes",
+      "refexp_train": "referring eval images in split train (demonstrations)",
+      "refexp_val": "referring eval images in split val (queries; one per object)",
       "records_per_shard": "records per ArrayRecord shard",
   }
   for field in dataclasses.fields(Config):

@@ -49,7 +49,7 @@ def _means(result: dict[str, Any], key: str = "mean") -> dict[int, float]:
 # (run name, table label): each run also has a "<name>_blank" run with gray images.
 RUNS = (("coco", "captioning (CIDEr)"), ("vqav2", "VQA, all questions (accuracy)"),
         ("vqav2_colour", "VQA, colour questions (accuracy)"),
-        ("induction", "task induction (accuracy)"))
+        ("induction", "task induction (accuracy)"), ("refcoco", "referring (acc@IoU0.5)"))
 # Runs whose demonstrations come from each episode's own support set (no gray run).
 OWN_DEMO_RUNS = (("binding", "fast binding, 2-way (accuracy)"),)
 
@@ -148,13 +148,45 @@ def evidence(summary: dict[str, Any], out_dir: str | None = None) -> list[str]:
              f"circuit itself is studied with `{BINDING_BENCH}`)")
   out.append(f"- **Fast binding** (nonce words bound to object kinds afresh per episode, chance {CHANCE_BINDING:.0f}%): "
              + ", ".join(f"{s}-shot {bind[s]:.1f}" for s in shots) + f"; {verdict}.")
+  if "refcoco" in res:
+    out.append(grounding_evidence(res["refcoco"], res["refcoco_blank"]))
   return out
 
 
+def grounding_evidence(real: dict[str, Any], blank: dict[str, Any]) -> str:
+  """The referring line: real vs gray accuracy and whether the gap exceeds 2 SE."""
+  r, b = _means(real), _means(blank)
+  n = real["rows"][0]["num_queries"]
+  shots = sorted(r)
+  gaps = ", ".join(f"{s}-shot {r[s]:.1f} vs {b[s]:.1f}" for s in shots)
+  p = (r[shots[0]] + b[shots[0]]) / 200  # 2 SE of a difference of two accuracies near p
+  noise = 2 * math.sqrt(2 * max(p * (1 - p), 0.01) / n) * 100
+  held = all(r[s] - b[s] > noise for s in shots)
+  return (f"- **Grounding** (the box of \"the small red circle\" among 1-3 shapes, accuracy at "
+          f"IoU >= 0.5): real vs gray images, {n} expressions: {gaps}; "
+          + (f"the images locate the objects (gaps above the noise, +-{noise:.1f} at 2 SE)"
+             if held else f"NOT shown: gaps within the noise (+-{noise:.1f} at 2 SE)")
+          + ". True (solid) vs predicted (dashed) boxes: boxes.png.")
+
+
+def boxes_figure(out: str) -> str:
+  """OUT/boxes.png from the referring run with real images (OUT/eval/refcoco.predictions.json
+  at its fewest shots); returns its name relative to OUT."""
+  from kosmos.demo import grounding  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(out, "eval", "refcoco.predictions.json"), encoding="utf-8") as f:
+    predictions = json.load(f)
+  first = predictions[min(predictions, key=int)][0]  # fewest shots, first trial
+  grounding.boxes_picture(os.path.join(out, "data", "eval", "refexp"), first,
+                          os.path.join(out, "boxes.png"))
+  return "boxes.png"
+
+
 def write(out: str, summary: dict[str, Any]) -> str:
-  """Writes OUT/loss.png and OUT/report.md; returns the report's path."""
+  """Writes OUT/loss.png, OUT/boxes.png (with referring runs) and OUT/report.md; returns the
+  report's path."""
   workdir = os.path.join(out, "workdir")
   loss_plot(workdir, os.path.join(out, "loss.png"))
+  boxes = boxes_figure(out) if "refcoco" in summary["results"] else None
   t, ex, plan = summary["timings"], summary["export"], summary["plan"]
   counts, config = summary["parameters"], summary["config"]
   d, v, c = (config["model"][k] for k in ("decoder", "vision", "connector"))
@@ -184,6 +216,8 @@ def write(out: str, summary: dict[str, Any]) -> str:
       "for induction they would name the label type). Binding k-shot shows k images per nonce "
       "word, induction k-shot k labelled images, from the episode's own support set.", "",
       *results_table(summary["results"]), "",
+      *([f"![true vs predicted boxes, referring expressions, real images]({boxes})", ""]
+        if boxes else []),
       "Prompts: the world's own formats — captioning `[image]` -> `{caption}.`; VQA "
       "`[image]Question: {question} Answer: {answer}.`; binding `[image]{word}.`, "
       "induction `[image]{label}.` "

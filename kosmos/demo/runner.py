@@ -6,22 +6,25 @@
 Stages, each the real code path a user would run by hand:
 
   1. prepare   `python data/prepare.py shapes` (kosmos.demo.prepare.generate) with
-               pages of up to 9 images, then a 512-piece BPE SentencePiece model on the
-               world's text (`python data/prepare.py tokenizer`)
+               pages of up to 9 images and (full plan) grounded pairs, then a BPE
+               SentencePiece model on the world's text, 512 pieces + 70 location pieces
+               (`python data/prepare.py tokenizer --grounding-grid 8`)
   2. train     `kosmos-train --config configs/demo.py:DATA` (trainer.train_and_evaluate),
-               pair + interleaved + text records mixed
+               pair + interleaved + text (+ grounded pair) records mixed
   3. eval      `kosmos-eval` (kosmos.eval.runner.evaluate, one Engine shared by all runs)
                at 0/1/2/4 shots: COCO-layout captioning (CIDEr), VQAv2-layout VQA
                (accuracy) on all questions and on the colour questions only (the answer
                is only in the pixels), task induction at 0/1/2/4/8 shots (accuracy; the
                label type is only shown by the demonstrations), each also with every
                image blanked to gray (image ablation), and fast-binding classification
-               (accuracy; 0 shots is chance)
+               (accuracy; 0 shots is chance); full plan: referring expressions in
+               RefCOCO's layout (accuracy at IoU >= 0.5, kosmos.demo.grounding), with real
+               and with gray images, 0 shots
   4. export    `kosmos-export --format hf`, then the directory is loaded with transformers'
                Kosmos2ForConditionalGeneration and must answer a VQA prompt as the JAX
                model does (greedy tokens equal)
   5. report    OUT/report.md + OUT/loss.png (kosmos.demo.report), OUT/examples.png and
-               OUT/shots.png (kosmos.demo.pictures)
+               OUT/shots.png (kosmos.demo.pictures), OUT/boxes.png (kosmos.demo.grounding)
 
 The eval prompts use the world's own text formats (the model never saw "An image of"):
 captions follow the image directly and end with ".", VQA is "Question: q Answer: a."
@@ -62,6 +65,7 @@ PROMPTS = {
 # The VQAv2 "question_type" of the world's colour questions: their answer is only in the
 # pixels, so the colour runs (kosmos-eval --task-option question_types=...) measure image use.
 COLOUR_TYPES = ("what colour is the",)
+REFEXP_TRAIN = 20  # referring eval images of split train (demonstrations when shots > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +84,16 @@ class Plan:
   vqa_shots: tuple[int, ...] = SHOTS
   binding_shots: tuple[int, ...] = SHOTS
   induction_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
+  grounded: int = 0  # grounded pair records (kosmos.demo.grounding); 0 = no grounding
+  refexp_queries: int = 0  # referring expressions asked (refcoco layout), real and gray
+  refexp_shots: tuple[int, ...] = (0,)
   eval_batch: int = 16
   seed: int = 0  # the world's seed (prepare) and the training seeds (init, data order)
 
 
 FULL = Plan(pairs=20000, pages=8000, texts=2000, steps=700, coco_queries=100, vqa_queries=300,
-            colour_queries=120, binding_episodes=200, induction_episodes=240)
+            colour_queries=120, binding_episodes=200, induction_episodes=240, grounded=4000,
+            refexp_queries=200)
 SHORT = Plan(pairs=4000, pages=2000, texts=1000, steps=250, coco_queries=24, vqa_queries=48,
              colour_queries=100, binding_episodes=100, induction_episodes=96, coco_shots=(0, 4),
              vqa_shots=(0, 4), binding_shots=(0, 4), induction_shots=(0, 4))
@@ -134,19 +142,25 @@ def _logged(path: str):
 def prepare(data_dir: str, plan: Plan, say: Narrator) -> dict[str, Any]:
   from kosmos.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from kosmos.demo import prepare as shapes  # pylint: disable=import-outside-toplevel
-  max_images = configs.load_module(CONFIG_FILE).MAX_IMAGES
+  module = configs.load_module(CONFIG_FILE)
+  max_images = module.MAX_IMAGES
   t = time.time()
   world = shapes.generate(data_dir, workers=2, seed=plan.seed, pairs=plan.pairs, pages=plan.pages,
                           texts=plan.texts, image_size=32, max_images_per_page=max_images,
                           binding_episodes=plan.binding_episodes,
-                          induction_episodes=plan.induction_episodes)
+                          induction_episodes=plan.induction_episodes, grounded=plan.grounded,
+                          refexp_train=REFEXP_TRAIN if plan.refexp_queries else 0,
+                          refexp_val=plan.refexp_queries)
+  grounded = (f", {plan.grounded} grounded pairs" if plan.grounded else "")
   say(f"prepare: shapes world -> {data_dir}: {plan.pairs} pairs, {plan.pages} pages "
-      f"(<= {max_images} images), {plan.texts} texts + COCO/VQAv2/binding/induction eval sets "
-      f"({time.time() - t:.0f} s)")
+      f"(<= {max_images} images), {plan.texts} texts{grounded} + COCO/VQAv2/binding/induction"
+      f"{'/refexp' if plan.refexp_queries else ''} eval sets ({time.time() - t:.0f} s)")
   t = time.time()
-  records = [os.path.join(data_dir, "records", k) for k in ("pair", "interleaved", "text")]
-  tok = tokenizer_lib.train_tokenizer(records, 512, os.path.join(data_dir, "tokenizer.model"),
-                                      model_type="bpe")
+  records = [os.path.join(data_dir, "records", k) for k in ("pair", "interleaved", "text")
+             + (("grounded",) if plan.grounded else ())]
+  tok = tokenizer_lib.train_tokenizer(records, module.VOCAB_SIZE,
+                                      os.path.join(data_dir, "tokenizer.model"),
+                                      model_type="bpe", grounding_grid=module.GROUNDING_GRID)
   say(f"prepare: SentencePiece BPE tokenizer, vocab {tok.vocab_size} ({time.time() - t:.0f} s)")
   return world
 
@@ -156,6 +170,8 @@ def load_config(data_dir: str, plan: Plan):
   config.train.steps = plan.steps
   config.train.checkpoint_every = plan.steps
   config.seed = config.data.shuffle_seed = plan.seed
+  if not plan.grounded:
+    del config.data.sources["grounded"]
   return config
 
 
@@ -204,7 +220,8 @@ class EvalRun:
 
 def eval_runs(plan: Plan) -> list[EvalRun]:
   """Captioning, VQA (all questions), VQA colour questions and task induction, each with
-  real and with gray images, then binding."""
+  real and with gray images, then binding, then (when the plan asks) referring expressions
+  with real and with gray images."""
   colour = {**PROMPTS["vqav2"], "question_types": list(COLOUR_TYPES)}
   runs = []
   for name, task, data, queries, shots, options in (
@@ -214,8 +231,12 @@ def eval_runs(plan: Plan) -> list[EvalRun]:
       ("induction", "induction", "induction", 0, plan.induction_shots, PROMPTS["induction"])):
     runs += [EvalRun(name, task, data, queries, shots, False, options),
              EvalRun(name + "_blank", task, data, queries, shots, True, options)]
-  return runs + [EvalRun("binding", "binding", "binding", 0, plan.binding_shots, False,
-                         PROMPTS["binding"])]
+  runs.append(EvalRun("binding", "binding", "binding", 0, plan.binding_shots, False,
+                       PROMPTS["binding"]))
+  if plan.refexp_queries:
+    runs += [EvalRun("refcoco" + blank, "refcoco", "refexp", plan.refexp_queries,
+                     plan.refexp_shots, bool(blank), {}) for blank in ("", "_blank")]
+  return runs
 
 
 def evaluate_all(workdir: str, data_dir: str, out: str, plan: Plan, say: Narrator,
