@@ -13,6 +13,7 @@ import tiny
 import train_fixture
 from kosmos import defaults, sharding, workdir
 from kosmos.model import multimodal, stack
+from kosmos.train import compile as compile_lib
 from kosmos.train import loss as loss_lib
 from kosmos.train import step as step_lib
 
@@ -137,12 +138,14 @@ def test_scanned_train_step_equals_unrolled(data_root, family):
   config.model.decoder.vocab_size = 264
   config.optim.update(eps=1e-2, frozen=(r"^vision\.(?!blocks\.1\.|post_norm)",))
   batches = [_batch(config, seed=1), _batch(config, seed=2)]
-  _, ref_state, ref_metrics = _train(config, batches)
+  ref_run, ref_state, ref_metrics = _train(config, batches)
   scanned = config.copy_and_resolve_references()
   scanned.model = _scanned(config.model)
   run, state, metrics = _train(scanned, batches)
   # the partly trained ViT stack: one array per param, updates masked to layer 1
   assert list(run.layer_masks) and all(m.tolist() == [False, True] for m in run.layer_masks.values())
+  # kosmos-compile's parameter counts see the masked layers as frozen, as unrolled
+  assert compile_lib.param_counts(run) == compile_lib.param_counts(ref_run)
   for a, b in zip(metrics, ref_metrics):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
     np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)

@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from kosmos import configs, sharding
 from kosmos.train import compile_memory as memory_lib
@@ -208,6 +209,18 @@ def _count(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+def param_counts(run: Any) -> dict[str, int]:
+  """Trainable / frozen / total parameters of a step.Setup. A stacked param whose layers
+  are partly frozen (`run.layer_masks`, e.g. a scanned ViT trained in its last block only)
+  counts its frozen layers as frozen, although the optimizer holds the whole array."""
+  trainable, frozen = 0, _count(run.abstract_state.frozen)
+  for key, leaf in traverse_util.flatten_dict(run.abstract_state.params).items():
+    size, mask = int(np.prod(leaf.shape)), run.layer_masks.get(key)
+    trained = size if mask is None else size // len(mask) * int(np.sum(mask))
+    trainable, frozen = trainable + trained, frozen + size - trained
+  return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
+
+
 def _cost(compiled: Any) -> dict[str, float]:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
@@ -236,9 +249,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str,
   batch_sh = step_lib.batch_shardings(mesh, batch)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k]) for k, v in batch.items()}
 
-  params = {"trainable": _count(run.abstract_state.params),
-            "frozen": _count(run.abstract_state.frozen)}
-  params["total"] = params["trainable"] + params["frozen"]
+  params = param_counts(run)
   vision_layers = flops_lib.trainable_vision_layers(run.abstract_state.params, config.model.vision.depth,
                                                      run.layer_masks)
   analytic = flops_lib.step_flops(config, trainable_vision_layers=vision_layers)
