@@ -281,3 +281,23 @@ def test_demo_init_lets_content_through(gpt_init):
     assert token_ratio < 0.5 and image_ratio < 0.02, (token_ratio, image_ratio)
   else:
     assert 1.0 < token_ratio < 2.0 and 0.1 < image_ratio < 1.0, (token_ratio, image_ratio)
+
+
+@pytest.mark.parametrize("at_4, verdict", [(64.2, "within the noise (2 SE = 12.2"),
+                                           (40.0, "lower beyond the noise"), (70.0, None)])
+def test_report_says_when_demonstrations_lower_colour_accuracy(at_4, verdict):
+  from kosmos.demo import report
+
+  def result(means, n=120):
+    return {"rows": [{"shots": s, "mean": m, "num_queries": n} for s, m in means.items()]}
+
+  res = {name: result({0: 50.0, 4: 50.0}) for name in ("coco", "coco_blank", "vqav2",
+                                                        "vqav2_blank", "vqav2_colour_blank")}
+  res["vqav2_colour"] = result({0: 68.3, 4: at_4})
+  res["binding"] = result({0: 50.0, 4: 50.0}, n=200)
+  lines = report.evidence({"results": res, "losses": [4.0, 0.5], "log_every": 25})
+  colour = [l for l in lines if "Colour questions with demonstrations" in l]
+  if verdict:
+    assert len(colour) == 1 and verdict in colour[0], lines
+  else:
+    assert not colour, lines

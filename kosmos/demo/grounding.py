@@ -65,7 +65,7 @@ def object_box(o: sw.Obj, image_size: int) -> Box:
     h = SQUARE_HALF_SIDE * r
     return cx - h, cy - h, cx + h, cy + h
   if o.shape == "star":
-    xs, ys = zip(*sw._star(cx, cy, r))  # pylint: disable=protected-access
+    xs, ys = zip(*sw.star_polygon(cx, cy, r))
     return min(xs), min(ys), max(xs), max(ys)
   return cx - r, cy - r, cx + r, cy + r  # circle; triangle (apex at cy - r, base at cy + r)
 

@@ -123,6 +123,16 @@ def evidence(summary: dict[str, Any], out_dir: str | None = None) -> list[str]:
                f"groups of alike shapes one by one (group scenes captioned as a group: "
                f"{groups}); on the seed-0 full run their text, not their images, did it (gray "
                "demonstration images lost as much; docs/performance.md, Demo, ninth session).")
+  colour = _means(res["vqav2_colour"])
+  if 0 in colour and 4 in colour and colour[4] < colour[0]:
+    n = res["vqav2_colour"]["rows"][0]["num_queries"]
+    noise = _two_se(colour[4], colour[0], n)
+    out.append(f"- **Colour questions with demonstrations**: accuracy {colour[0]:.1f} at 0 shots, "
+               f"{colour[4]:.1f} at 4: " + (
+                   f"within the noise (2 SE = {noise:.1f} for {n} questions)" if
+                   colour[0] - colour[4] <= noise else
+                   f"lower beyond the noise (2 SE = {noise:.1f} for {n} questions); cause not "
+                   "measured in this run") + ".")
   if "induction" in res:
     ind, gray = _means(res["induction"]), _means(res["induction_blank"])
     n = res["induction"]["rows"][0]["num_queries"]

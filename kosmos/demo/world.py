@@ -206,7 +206,7 @@ def object_geometry(o: Obj, image_size: int) -> tuple[float, float, float]:
   return (col + 0.5) * cell + o.dx * room, (row + 0.5) * cell + o.dy * room, r
 
 
-def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+def star_polygon(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
   """A 5-pointed star whose bounding box is centred at (cx, cy) with height 2r."""
   inner, points = 0.5, []
   # Unit star: top point at y=-1, lowest points at y=cos(36deg); shift to centre the box.
@@ -247,7 +247,7 @@ def render_scene(scene: Scene, image_size: int = 48) -> Image.Image:
     elif o.shape == "triangle":
       draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
     else:
-      draw.polygon(_star(cx, cy, r), fill=fill)
+      draw.polygon(star_polygon(cx, cy, r), fill=fill)
   return img.reduce(s)
 
 
