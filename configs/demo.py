@@ -22,19 +22,20 @@ cells) as user-defined pieces, ids 8-77. The `grounded` source (kosmos.demo.grou
 the objects' expressions to their boxes, `<grounding><phrase> the small green
 square</phrase><object><patch_index_0000><patch_index_0018></object>`; in 700 steps the
 model learns the format and a box size per size word but not where the object is (referring
-accuracy 15.0 vs 12.5 with gray images, 200 expressions; docs/performance.md, Demo grounding).
+accuracy 15.0 vs 12.5 with gray images, 200 expressions; docs/performance.md, Demo
+grounding).
 
 `arg` is the data root made by `python data/prepare.py shapes --output DATA` (+ the
 tokenizer, see kosmos/demo/runner.py); pages there hold up to 9 images so that 4-shot binding
 episodes (8 supports + a query) and 8-shot task-induction pages occur in training.
-Measured (docs/performance.md, "Demo, ninth session", 2026-12-05, seed 0): in the default
-700 steps the loss falls from 4.42 (first 25 steps) to 0.49; task induction 7.5 / 65.8 /
-67.1 / 65.4 / 60.8 % at 0/1/2/4/8 shots (gray images 12.1 / 31.7 / 32.1 / 31.2 / 31.2);
-colour questions 86.7 / 85.0 / 83.3 / 87.5 at 0/1/2/4 shots against 31.7 with gray
-images; CIDEr 235.6 / 211.5 / 209.9 / 208.8 against 67.7 (demonstrations make the model
-name groups of alike shapes one by one); in-context fast binding does not emerge (chance
-at 4 shots).
-Two reasons, measured (docs/performance.md, Demo): the word follows the constant `</image>`,
+Measured (docs/performance.md, "Demo, ninth session: the merged plan", 2026-12-05, seed 0,
+546 s for the whole `make demo`): in the default 700 steps the loss falls from 4.61 (first
+25 steps) to 0.56; task induction 5.8 / 54.6 / 54.6 / 52.1 / 47.9 % at 0/1/2/4/8 shots
+(gray images 2.9 / 32.5 / 32.9 / 32.5 / 32.5); colour questions 68.3 / 73.3 / 67.5 / 64.2
+at 0/1/2/4 shots against 22.5 with gray images; CIDEr 111.3 / 128.1 / 141.1 / 122.0
+against 55.3 (without the grounded source, same section: CIDEr 235.6, colour 86.7 at 0
+shots; cause not isolated); referring 16.5 vs 14.5 with gray images; in-context fast binding
+does not emerge (chance at 4 shots). Two reasons, measured (docs/performance.md, Demo): the word follows the constant `</image>`,
 so the copy circuit must match two tokens back, which this decoder does not learn within
 600 steps on symbolic episodes where the one-back match forms by 250
 (`kosmos.bench.binding --layout kosmos`); and with images for keys it does not form even
