@@ -35,14 +35,14 @@ Measured (docs/performance.md, "Demo, ninth session: the merged plan", 2026-12-0
 at 0/1/2/4 shots against 22.5 with gray images; CIDEr 111.3 / 128.1 / 141.1 / 122.0
 against 55.3 (without the grounded source, same section: CIDEr 235.6, colour 86.7 at 0
 shots; cause not isolated); referring 16.5 vs 14.5 with gray images; in-context fast binding
-does not emerge (chance at 4 shots). Two reasons, measured (docs/performance.md, Demo):
-the word follows the constant `</image>`, so the copy circuit must match two tokens back, which this decoder does not learn within
-600 steps on symbolic episodes where the one-back match forms by 250
-(`kosmos.bench.binding --layout kosmos`); and with images for keys it does not form even
-without `</image>`, with 2 tokens per image, binding-dense data and 3 000 steps, nor when
-the query image is a pixel-identical copy of its supports: the image token right before
-the word differs between an episode's two kinds by a third of the distance between two
-words or less (the attention pool averages mostly the shared background).
+does not emerge (chance at 4 shots). Two reasons, measured (docs/performance.md, Demo): the
+word follows the constant `</image>`, so the copy circuit must match two tokens back, which
+this decoder does not learn within 600 steps on symbolic episodes where the one-back match
+forms by 250 (`kosmos.bench.binding --layout kosmos`); and with images for keys it does not
+form even without `</image>`, with 2 tokens per image, binding-dense data and 3 000 steps,
+nor when the query image is a pixel-identical copy of its supports: the image token right
+before the word differs between an episode's two kinds by a third of the distance between
+two words or less (the attention pool averages mostly the shared background).
 """
 
 import ml_collections

@@ -42,7 +42,7 @@ from kosmos.demo import world as sw
 from kosmos.demo import eval_sets
 from kosmos.demo import grounding
 
-DESCRIPTION = "synthetic shapes world: pair/interleaved/text records + COCO, VQAv2, binding, induction evals"
+DESCRIPTION = "synthetic shapes world: records + COCO, VQAv2, binding, induction, RefCOCO"
 SOURCE = "shapes"
 COLLISION = "eval_image_collision"
 # Seed streams: training and eval never share one.

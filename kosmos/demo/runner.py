@@ -52,8 +52,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from kosmos import configs  # pylint: disable=wrong-import-position
 
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "configs", "demo.py")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_FILE = os.path.join(_ROOT, "configs", "demo.py")
 SHOTS = (0, 1, 2, 4)
 # Task options for kosmos-eval: the shapes world's formats (see the module docstring).
 PROMPTS = {

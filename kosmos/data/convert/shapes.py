@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-DESCRIPTION = "synthetic shapes world: pair/interleaved/text records + COCO, VQAv2, binding evals"
+DESCRIPTION = "synthetic shapes world: records + COCO, VQAv2, binding, induction, RefCOCO"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
