@@ -382,12 +382,18 @@ def test_vqa_layout_and_answers_true_of_pixels(worlds):
       assert answer_from_pixels(q["question"], pixels) == a["multiple_choice_answer"], q
 
 
-def test_binding_episodes(worlds):
-  root = os.path.join(worlds["a"], "eval", "binding")
+def _episodes(world: str, name: str) -> tuple[str, list[dict]]:
+  """(eval/NAME's directory, its episodes), checking their count and README."""
+  root = os.path.join(world, "eval", name)
   with open(os.path.join(root, "episodes.jsonl")) as f:
     episodes = [json.loads(line) for line in f]
-  assert len(episodes) == SMALL["binding_episodes"]
+  assert len(episodes) == SMALL[f"{name}_episodes"]
   assert "episodes.jsonl" in open(os.path.join(root, "README.md")).read()
+  return root, episodes
+
+
+def test_binding_episodes(worlds):
+  root, episodes = _episodes(worlds["a"], "binding")
   for e, ep in enumerate(episodes):
     assert ep["id"] == f"binding-{e:05d}" and len(ep["choices"]) == 2 and ep["label"] in (0, 1)
     assert set(ep["choices"]) <= set(sw.BINDING_WORDS) and len(set(ep["choices"])) == 2
@@ -409,11 +415,7 @@ def test_binding_episodes(worlds):
 
 
 def test_induction_episodes(worlds):
-  root = os.path.join(worlds["a"], "eval", "induction")
-  with open(os.path.join(root, "episodes.jsonl")) as f:
-    episodes = [json.loads(line) for line in f]
-  assert len(episodes) == SMALL["induction_episodes"]
-  assert "episodes.jsonl" in open(os.path.join(root, "README.md")).read()
+  root, episodes = _episodes(worlds["a"], "induction")
   types = sw.INDUCTION_TYPES
   assert [ep["label_type"] for ep in episodes] == [types[e % len(types)]
                                                    for e in range(len(episodes))]
