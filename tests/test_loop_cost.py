@@ -43,6 +43,7 @@ def step():
   return config, run, cost
 
 
+@pytest.mark.slow  # ~180 s on 2 cores: five compiles, one with every loop unrolled
 def test_loops_are_found_and_counted_per_iteration(step):
   config, run, cost = step
   found = loop_cost.loops(config, run)
