@@ -202,7 +202,7 @@ def test_demo_short(tmp_path, seed):
   summary = demo.run(out, dataclasses.replace(demo.SHORT, seed=seed))
   _check_outputs(out, summary)
   losses = summary["losses"]
-  assert losses[-1] < 0.25 * losses[0], losses  # measured 4.43 -> 0.66 in 300 steps
+  assert losses[-1] < 0.25 * losses[0], losses  # measured 4.47 -> 0.69 in 250 steps (seed 0)
   results = summary["results"]
   colour, gray = _by_shots(results["vqav2_colour"]), _by_shots(results["vqav2_colour_blank"])
   assert _mean_gap(colour, gray) > 5.0, (colour, gray)
