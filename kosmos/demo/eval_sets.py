@@ -82,13 +82,6 @@ def _json(obj: Any) -> bytes:
   return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _render_unique(maker: Any, draw: Callable[[], sw.Scene]) -> tuple[sw.Scene, Any]:
-  """Renders a scene whose pixels no earlier eval image has; remembers its digest."""
-  scene, image, digest = maker.make(draw)
-  maker.forbidden.add(digest)
-  return scene, image
-
-
 def build_coco(files: Files, counts: dict[str, int], maker: Any,
                rng: Callable[..., np.random.Generator]) -> int:
   images, sentid = [], 0
@@ -97,7 +90,7 @@ def build_coco(files: Files, counts: dict[str, int], maker: Any,
     for _ in range(n):
       imgid = len(images)
       r = rng("coco", imgid)
-      scene, image = _render_unique(maker, lambda: sw.sample_scene(r))
+      scene, image = maker.unique(lambda: sw.sample_scene(r))
       filename = f"COCO_{filepath}_{imgid + 1:012d}.jpg"
       files[f"coco/{filepath}/{filename}"] = sw.encode_image(image, "JPEG")
       sentences = []
@@ -121,7 +114,7 @@ def build_vqa(files: Files, counts: dict[str, int], questions_per_image: int, ma
     for _ in range(n):
       image_id += 1
       r = rng("vqa", image_id)
-      scene, image = _render_unique(maker, lambda: sw.sample_scene(r))
+      scene, image = maker.unique(lambda: sw.sample_scene(r))
       files[f"vqa/{subtype}/COCO_{subtype}_{image_id:012d}.jpg"] = sw.encode_image(image, "JPEG")
       for j, qa in enumerate(sw.sample_questions(scene, r, questions_per_image)):
         qid = image_id * 1000 + j
@@ -154,8 +147,8 @@ def build_binding(files: Files, episodes: int, seed: int, image_size: int, maker
 
     def image(k: int, path: str) -> None:
       shape, colour = kinds[k]
-      _, img = _render_unique(maker, lambda: sw.single_scene(r, shape=shape, colour=colour,
-                                                             background=background))
+      _, img = maker.unique(lambda: sw.single_scene(r, shape=shape, colour=colour,
+                                                    background=background))
       files[f"binding/{path}"] = sw.encode_image(img, "PNG")
 
     support = []
@@ -216,7 +209,7 @@ def build_induction(files: Files, episodes: int, seed: int, image_size: int, mak
     label_type = sw.INDUCTION_TYPES[e % len(sw.INDUCTION_TYPES)]
 
     def image(path: str) -> dict[str, str]:
-      scene, img = _render_unique(maker, lambda: sw.induction_scene(r, label_type))
+      scene, img = maker.unique(lambda: sw.induction_scene(r, label_type))
       files[f"induction/{path}"] = sw.encode_image(img, "PNG")
       return sw.induction_labels(scene)
 
@@ -262,14 +255,13 @@ def build_all(config: Any, maker: Any, rng: Callable[..., np.random.Generator]
                         "path": "eval/binding/episodes.jsonl"},
             "induction": {"episodes": induction, "shots": INDUCTION_SHOTS,
                           "types": list(sw.INDUCTION_TYPES),
-                          "path": "eval/induction/episodes.jsonl"},
-            "image_collisions_redrawn": maker.collisions}
+                          "path": "eval/induction/episodes.jsonl"}}
   if config.refexp_train or config.refexp_val:
     expressions = grounding.build_refexp(
         files, {"train": config.refexp_train, "val": config.refexp_val}, maker, rng)
     counts["refexp"] = {"images": {"train": config.refexp_train, "val": config.refexp_val},
                         "expressions": expressions, "path": "eval/refexp"}
-    counts["image_collisions_redrawn"] = maker.collisions
+  counts["image_collisions_redrawn"] = maker.collisions  # after every set is drawn
   return files, counts
 
 

@@ -106,8 +106,7 @@ def build_refexp(files: dict[str, bytes], counts: dict[str, int], maker: Any,
     for _ in range(counts.get(split, 0)):
       image_number += 1
       r = rng("refexp", image_number)
-      scene, image, digest = maker.make(lambda: sample_scene(r))
-      maker.forbidden.add(digest)
+      scene, image = maker.unique(lambda: sample_scene(r))
       name = f"COCO_{IMAGE_DIR}_{image_number:012d}.jpg"
       files[f"refexp/{IMAGE_DIR}/{name}"] = sw.encode_image(image, "JPEG")
       for o in scene.objects:
@@ -138,9 +137,8 @@ def boxes_picture(refexp_dir: str, predictions: Sequence[dict[str, Any]], path: 
   id, prediction = pixel box or None, boxes = the true ones) on their images, the expression
   as title, true boxes in `TRUE_COLOUR`, predicted in `PREDICTED_COLOUR`; writes a PNG to
   `path` and returns the number of panels."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from kosmos.demo import pictures  # pylint: disable=import-outside-toplevel
+  plt = pictures.pyplot()
   from matplotlib import patches  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   with open(os.path.join(refexp_dir, f"final_{REFEXP_NAME}_val.json"), encoding="utf-8") as f:

@@ -16,7 +16,8 @@ EXAMPLE_RUNS = (("coco", "captioning"), ("vqav2_colour", "VQA, colour"),
                 ("induction", "task induction"))
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only, no display), imported when drawn."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -50,7 +51,7 @@ def examples(out: str, tasks: dict[str, Any], shots: tuple[int, int] = (0, 4),
   """OUT/examples.png: for each run of `EXAMPLE_RUNS` present in `tasks` ({run name: its
   loaded kosmos.eval Task}), the first `per_row` queries it answered at both shot counts:
   the query image, the reference, and the outputs at `shots`. Returns the path."""
-  plt = _pyplot()
+  plt = pyplot()
   from PIL import Image  # pylint: disable=import-outside-toplevel
   eval_dir = os.path.join(out, "eval")
   rows = []
@@ -92,7 +93,7 @@ def examples(out: str, tasks: dict[str, Any], shots: tuple[int, int] = (0, 4),
 def shots_plot(results: dict[str, Any], runs: Sequence[tuple[str, str]], path: str) -> str:
   """OUT/shots.png: one panel per (run name, label) in `runs` that `results` holds: its
   metric (x100) against shots, real images and, when run, blank (gray) images."""
-  plt = _pyplot()
+  plt = pyplot()
   present = [(name, label) for name, label in runs if name in results]
   fig, axes = plt.subplots(1, len(present), figsize=(3.3 * len(present), 3.2), dpi=90,
                            squeeze=False)

@@ -123,6 +123,13 @@ class ImageMaker:
     raise RuntimeError("1000 draws in a row rendered forbidden images; the world is too small "
                        f"for the requested eval sets at --image-size {self.image_size}")
 
+  def unique(self, draw: Callable[[], sw.Scene]) -> tuple[sw.Scene, Any]:
+    """(scene, PIL image) whose pixels no earlier image had; its digest becomes forbidden
+    (eval images: pairwise distinct, and later kept out of training)."""
+    scene, image, digest = self.make(draw)
+    self.forbidden.add(digest)
+    return scene, image
+
   def png(self, draw: Callable[[], sw.Scene]) -> tuple[sw.Scene, bytes]:
     scene, image, _ = self.make(draw)
     return scene, sw.encode_image(image, "PNG")

@@ -18,9 +18,8 @@ BINDING_BENCH = "python -m kosmos.bench.binding"  # where binding is studied (sy
 
 def loss_plot(workdir: str, path: str) -> list[tuple[int, float]]:
   """Training loss against step from DIR/metrics/train_log.jsonl -> PNG; returns the points."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from kosmos.demo import pictures  # pylint: disable=import-outside-toplevel
+  plt = pictures.pyplot()
   points = []
   with open(os.path.join(workdir, "metrics", "train_log.jsonl"), encoding="utf-8") as f:
     for line in f:
@@ -148,7 +147,7 @@ def evidence(summary: dict[str, Any], out_dir: str | None = None) -> list[str]:
   bind = _means(res["binding"])
   shots = sorted(bind)
   n = res["binding"]["rows"][0]["num_queries"]
-  noise = 2 * math.sqrt(2 * 0.25 / n) * 100  # 2 SE of a difference of two accuracies near 50%
+  noise = _two_se(CHANCE_BINDING, CHANCE_BINDING, n)  # of a difference of two accuracies near 50%
   diff = bind[shots[-1]] - bind[shots[0]]
   verdict = (f"{shots[-1]} shots beat 0 shots by {diff:.1f} points (noise: +-{noise:.1f} at 2 SE "
              f"for {n} episodes)" if diff > noise else
