@@ -12,8 +12,9 @@ interleaved as in the paper.
 
 Pod plan: scanned layers, splash attention on TPU (heads first end to end), remat
 `dots_attn`, the loss in 512-position chunks (fused: gradients computed with the loss).
-Predicted on v5p-256 (kosmos-compile, 2026-12-05, docs/performance.md "Pod efficiency,
-third pass"): 20.36 GiB per chip, step 0.3501 s, MFU 51.8 %.
+Predicted (kosmos-compile, 2026-12-06, docs/performance.md "Pod efficiency, fourth pass",
+every loop and kernel counted): v5p-256 20.36 GiB per chip, step 0.3532 s, MFU 51.3 %;
+v5p-64 76.71 GiB, 1.267 s, 57.2 %. XLA:TPU's windowed einsums are off (`train.xla_options`).
 """
 
 import ml_collections
@@ -58,6 +59,12 @@ def get_config(arg=None):
                       weight_decay=0.01,
                       # Vision frozen except its last block.
                       frozen=(r"^vision\.(?!blocks\.23\.|post_norm)",))
-  config.train.update(steps=300_000, checkpoint_every=1000, keep=3, keep_every=10_000)
+  # XLA:TPU's windowed einsums (all-gather / reduce-scatter matmuls as loops over weight
+  # shards) made every FSDP matmul on v5p-64 a loop of 8 memory-bound steps over 64-wide
+  # slices: 72 % of the step's estimated cycles, predicted MFU 23 %; off, 52.4 %
+  # (docs/performance.md, "Pod efficiency, fourth pass"). Ignored off TPU.
+  config.train.update(steps=300_000, checkpoint_every=1000, keep=3, keep_every=10_000,
+                      xla_options="xla_tpu_enable_windowed_einsum_for_all_gather=false,"
+                                  "xla_tpu_enable_windowed_einsum_for_reduce_scatter=false")
   config.mesh.update(data=1, fsdp=-1, tensor=1)
   return config

@@ -111,6 +111,9 @@ def train() -> ml_collections.ConfigDict:
       signal_check_every=10,  # steps between multi-host agreements on SIGTERM/SIGINT
       init_from="",  # params-only checkpoint or imported workdir
       init_patterns=(".*",),
+      # XLA compiler options for the train step, "name=value,name=value" (jax.jit's
+      # compiler_options); `xla_tpu_*` ones only when compiling for TPU.
+      xla_options="",
   ))
 
 

@@ -18,6 +18,11 @@ The report is per chip (v4 / v5p run one megacore device per chip, v5e / v6e one
            flops and bytes are per chip, `optimal_seconds` is its cost model's step time
            (without it, as on v5e: XLA flops / (peak * 0.5)). It sees nothing inside
            Pallas (Mosaic) kernels.
+  loops    XLA's cost analysis counts a while loop's body once: every loop (scanned layers,
+           gradient accumulation, loss chunks, and XLA:TPU's own windowed einsums) is
+           recounted per iteration from the compiled HLO, with no further compile
+           (kosmos.train.loop_cost.from_hlo); `--loop-variants` cross-checks the model's
+           loops by compiling each unrolled by 2.
   kernels  every Pallas kernel in the compiled HLO (kosmos.train.hlo_costs) with its
            executions per step (while-loop trip counts multiply); splash-attention kernels
            get analytic FLOPs and HBM bytes (kosmos.train.splash_costs), and each adds
@@ -132,6 +137,9 @@ class TopologyError(ValueError):
   """A topology name that does not name a TPU slice this module can describe."""
 
 
+LOOP_ROWS = 6  # loop kinds printed (all are in the JSON)
+
+
 def valid_names() -> list[str]:
   """Every single-slice name `parse_topology` accepts (prefix with `Kx` for K slices)."""
   out = []
@@ -231,12 +239,14 @@ def _cost(compiled: Any) -> dict[str, float]:
 
 
 def compile_report(config: ml_collections.ConfigDict, topology: Topology | str,
-                   loop_cost_variants: bool = True) -> dict[str, Any]:
+                   loop_cost_variants: bool = False) -> dict[str, Any]:
   """AOT-compiles the train step of `config` for `topology`; returns the report dict.
 
-  With scanned layers or gradient accumulation XLA's cost analysis counts each loop body
-  once: `loop_cost_variants` compiles one variant per loop (kosmos.train.loop_cost) to
-  count every iteration; without them the MFU is marked an upper bound."""
+  XLA's cost analysis counts each while loop's body once (scanned layers, gradient
+  accumulation, the chunked loss, and XLA:TPU's own windowed einsums): the cost is recounted
+  per iteration from the compiled HLO (kosmos.train.loop_cost.from_hlo). With
+  `loop_cost_variants` the model's loops are also measured by compiling one variant per loop
+  (kosmos.train.loop_cost.cost_with_loops), a cross-check reported under `variants`."""
   topo = parse_topology(topology) if isinstance(topology, str) else topology
   config = ml_collections.ConfigDict(config.to_dict())  # own copy; unlocked
   if topo.num_slices > 1 and int(config.mesh.get("dcn_data", 1)) == 1:
@@ -293,20 +303,19 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str,
     memory["argument_from_shardings"] = memory_lib.argument_bytes((run.abstract_state, batch))
     cost = _cost(compiled)
     hlo = hlo_costs.analyze(compiled)
-    loops = loop_cost.loops(config, run)
-    if loops and loop_cost_variants:
+    start = time.perf_counter()
+    cost = _count_loops(compiled, cost)
+    report["compile_seconds"]["loop_count"] = round(time.perf_counter() - start, 2)
+    if loop_cost_variants and loop_cost.loops(config, run):
       def variant_cost(variant):
         return _cost(step_lib.jit_train_step(config, variant, mesh, batch).lower(
             variant.abstract_state, batch).compile())
       start = time.perf_counter()
-      counted_once = cost
-      per_iteration = loop_cost.cost_with_loops(config, run, variant_cost, cost)
-      cost = {k: per_iteration[k] for k in loop_cost.KEYS if k in per_iteration}
-      cost.update(counted_once=counted_once, loops=per_iteration["loops"],
-                  per_iteration=per_iteration["per_iteration"])
+      variants = loop_cost.cost_with_loops(config, run, variant_cost, cost["counted_once"])
+      cost["variants"] = dict(variants, scope=(
+          "the model's loops measured by compiling each unrolled by 2 (a cross-check; it "
+          "does not see XLA's own loops)"))
       report["compile_seconds"]["loop_variants"] = round(time.perf_counter() - start, 2)
-    elif loops:
-      cost["loops_counted_once"] = [l.name for l in loops]
   else:
     memory = memory_lib.oom_memory(str(error),
                                    memory_lib.argument_bytes((run.abstract_state, batch)))
@@ -320,13 +329,30 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology | str,
   report["fits"] = memory["fits"]
   report["xla_cost_per_chip"] = dict(cost, scope=(
       "per chip: cost_analysis of the SPMD-partitioned program (one device's partition); "
-      "loop bodies counted per iteration (kosmos.train.loop_cost: `counted_once` is XLA's "
-      "own figure); sees nothing inside Pallas kernels (see `kernels`)"))
+      "every while loop's body counted per iteration, from the compiled HLO "
+      "(kosmos.train.loop_cost.from_hlo; `counted_once` is XLA's own figure, `loops` the "
+      "loops, XLA:TPU's windowed einsums among them); sees nothing inside Pallas kernels "
+      "(see `kernels`)"))
   kernels = program_extras(report, hlo, peak, topo.hbm_bandwidth)
   report.update(_step_time(cost, peak, analytic["total"], topo.chips, compiled is not None,
                            kernels))
   report["suggestions"] = [] if report["fits"] else memory_lib.suggestions(report)
   return report
+
+
+def _count_loops(compiled: Any, counted_once: dict[str, float]) -> dict[str, Any]:
+  """XLA's cost with every while loop counted per iteration (loop_cost.from_hlo); when the
+  HLO cannot be read that way, XLA's own figure with the loops named as counted once."""
+  try:
+    counted = loop_cost.from_hlo(compiled.as_text(), counted_once)
+  except Exception as e:  # pylint: disable=broad-except
+    return dict(counted_once, counted_once=counted_once, loops_counted_once=[
+        f"every loop (the HLO could not be recounted: {type(e).__name__}: {e})"])
+  cost = {k: counted[k] for k in loop_cost.KEYS if k in counted}
+  cost.update(counted_once=counted_once, loops=counted["loops"], check=counted["check"])
+  if counted["unknown_trip_counts"]:
+    cost["loops_counted_once"] = counted["unknown_trip_counts"]
+  return cost
 
 
 def program_extras(report: dict[str, Any], hlo: dict[str, Any] | None, peak: float | None,
@@ -362,7 +388,7 @@ def _step_time(cost: dict[str, float], peak: float | None, model_flops: float, c
     seconds = cost["optimal_seconds"]
     source = "xla: cost_analysis optimal_seconds (XLA:TPU cost model of one chip's program)"
     if cost.get("loops"):
-      source += ", loop bodies x iterations (kosmos.train.loop_cost)"
+      source += ", every loop body x its executions (kosmos.train.loop_cost.from_hlo)"
   elif cost.get("flops", 0) > 0 and peak:
     seconds = cost["flops"] / (peak * ASSUMED_EFFICIENCY)
     source = f"derived: XLA flops per chip / (peak * assumed efficiency {ASSUMED_EFFICIENCY})"
@@ -451,11 +477,21 @@ def format_table(report: dict[str, Any]) -> str:
                                          if report.get("mfu_reason") else "")))
   seconds = report["compile_seconds"]
   rows.append(("compile", f"lower {seconds['lower']} s, compile {seconds['compile']} s"
+               + (f", loops recounted in {seconds['loop_count']} s" if "loop_count" in seconds
+                  else "")
                + (f" (+ {seconds['loop_variants']} s for the loop-cost variants)"
                   if "loop_variants" in seconds else "")))
   if cost.get("loops"):
-    rows.append(("loops", ", ".join(f"{k} x{v}" for k, v in cost["loops"].items())
-                 + f" (XLA counted each body once: {cost['counted_once']['flops']:.4g} FLOPs)"))
+    rows.append(("loops", f"XLA counted each body once ({cost['counted_once']['flops']:.4g} "
+                          f"FLOPs); per iteration: {cost['flops']:.4g}"))
+    for loop in cost["loops"][:LOOP_ROWS]:
+      rows.append(("loop", f"{loop['cycles_share']:5.1%}  {loop['name'][-60:]}  "
+                           f"x{loop['trips']} ({loop['loops']} loop(s), {loop['executions']} "
+                           f"executions per step, {loop['flops']:.3g} FLOPs)"))
+  if "variants" in cost:
+    rows.append(("loop variants", f"{cost['variants']['flops']:.4g} FLOPs, "
+                                  f"{cost['variants'].get('optimal_seconds', 0):.4g} s "
+                                  "(the model's loops only; cross-check)"))
   for op in (report.get("hot_ops") or {}).get("top", [])[:8]:
     rows.append(("hot op", f"{op['share']:5.1%}  {op['op'][-70:]}  {op['result']}"))
   for s in report["suggestions"]:
@@ -480,9 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--topology", required=True, help="e.g. v4-8, v5p-256, v5e-256, 2xv5p-256")
   parser.add_argument("--out", help="write the report as JSON here (with --search: the "
                                       "winner's overrides and report, and every candidate)")
-  parser.add_argument("--no-loop-variants", action="store_true",
-                      help="skip the extra compiles that count scanned layers and micro-batch "
-                           "loops per iteration (faster; the MFU is then an upper bound)")
+  parser.add_argument("--loop-variants", action="store_true",
+                      help="also compile one variant per model loop (unrolled by 2) and report "
+                           "their per-iteration cost beside the HLO recount (a cross-check; "
+                           "one more compile per loop)")
+  parser.add_argument("--no-loop-variants", action="store_true", help=argparse.SUPPRESS)
   compile_search.add_flags(parser)
   args, rest = parser.parse_known_args(argv)
   try:
@@ -493,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(str(e))
   if args.search:
     return compile_search.run(args, topo, rest)
-  report = compile_report(config, topo, loop_cost_variants=not args.no_loop_variants)
+  report = compile_report(config, topo, loop_cost_variants=args.loop_variants)
   report["config"], report["overrides"] = args.config, list(rest)
   report["host"] = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no TPU (AOT compile)",
                     "date": datetime.date.today().isoformat(), **_versions()}

@@ -246,11 +246,40 @@ def trip_count(instr: Instr, comps: dict[str, list[Instr]], caller: list[Instr])
   if tup is not None and tup.opcode == "tuple" and int(index.group(1)) < len(tup.operands):
     init = constant_ints(caller, tup.operands[int(index.group(1))])
     start = init[0] if init and len(init) == 1 else 0
-  return max(limit[0] - start + (1 if sign == "LE" else 0), 0)
+  step = counter_step(instr, comps, int(index.group(1)))
+  if step is None:
+    return None
+  span = limit[0] - start + (1 if sign == "LE" else 0)
+  return max(-(-span // step), 0)
 
 
-def executions(comps: dict[str, list[Instr]], entry: str) -> tuple[dict[str, int], list[str]]:
-  """How many times each computation runs per call of `entry`; and whiles of unknown count."""
+def counter_step(instr: Instr, comps: dict[str, list[Instr]], index: int) -> int | None:
+  """How much a while's body adds to its loop counter (tuple element `index`) per
+  iteration: XLA:TPU's windowed einsums step theirs by 2 (two shards per iteration, one
+  each way round the ring). 1 when the body's update is not `counter + constant`."""
+  body = re.search(r"\bbody=%([\w.\-]+)", instr.attrs)
+  comp = comps.get(body.group(1), []) if body else []
+  by_name = {i.name: i for i in comp}
+  root = next((i for i in comp if i.root), None)
+  if root is None or root.opcode != "tuple" or index >= len(root.operands):
+    return 1
+  update = by_name.get(root.operands[index])
+  if update is None or update.opcode != "add" or len(update.operands) != 2:
+    return 1
+  for counter, other in (update.operands, update.operands[::-1]):
+    read = by_name.get(counter)
+    if (read is not None and read.opcode == "get-tuple-element"
+        and re.search(rf"\bindex={index}\b", read.attrs)):
+      value = constant_ints(comp, other)
+      if value and len(value) == 1:
+        return value[0] if value[0] > 0 else None
+  return 1
+
+
+def executions(comps: dict[str, list[Instr]], entry: str, count_trips: bool = True
+               ) -> tuple[dict[str, int], list[str]]:
+  """How many times each computation runs per call of `entry`; and whiles of unknown count.
+  `count_trips=False`: every while runs its body once (how XLA's cost analysis counts)."""
   calls: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
   unknown = []
   for comp_name, comp in comps.items():
@@ -259,13 +288,14 @@ def executions(comps: dict[str, list[Instr]], entry: str) -> tuple[dict[str, int
       if not callees:
         continue
       trips = 1
-      if instr.opcode == "while":
+      if instr.opcode == "while" and count_trips:
         trips = trip_count(instr, comps, comp)
         if trips is None:
           unknown.append(instr.name)
           trips = 1
       for callee, role in callees:
-        factor = trips + (1 if role == "condition" else 0) if instr.opcode == "while" else 1
+        factor = (trips + (1 if role == "condition" and count_trips else 0)
+                  if instr.opcode == "while" else 1)
         calls[callee].append((comp_name, factor))
   memo: dict[str, int] = {entry: 1}
 

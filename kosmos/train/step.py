@@ -242,4 +242,22 @@ def jit_train_step(config: ml_collections.ConfigDict, run: Setup, mesh: jax.shar
       return step_fn(state, batch)
 
   return jax.jit(wrapped, in_shardings=(run.state_shardings, b_sh),
-                 out_shardings=(run.state_shardings, replicated), donate_argnums=(0,))
+                 out_shardings=(run.state_shardings, replicated), donate_argnums=(0,),
+                 compiler_options=compiler_options(config, mesh))
+
+
+def compiler_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                     ) -> dict[str, str] | None:
+  """`train.xla_options` ("name=value,...") as jit's compiler_options; options named
+  `xla_tpu_*` are kept only when `mesh` is made of TPU devices (a CPU or GPU compile
+  rejects them)."""
+  text = str(config.train.get("xla_options", "") or "")
+  tpu = mesh.devices.flat[0].platform == "tpu"
+  options = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip():
+      raise ValueError(f"train.xla_options: expected name=value, got {item!r} in {text!r}")
+    if tpu or not name.strip().startswith("xla_tpu_"):
+      options[name.strip()] = value.strip()
+  return options or None
