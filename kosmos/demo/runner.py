@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
     python -m kosmos.demo --out demo_out           # full: 700 steps, 546 s on 2 cores (measured)
-    python -m kosmos.demo --out demo_out --short   # 250 steps, 171 s alone (tests/test_demo.py)
+    python -m kosmos.demo --out demo_out --short   # 250 steps, 145 s alone (tests/test_demo.py)
 
 Stages, each the real code path a user would run by hand:
 
@@ -49,6 +49,15 @@ from typing import Any, Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The step runs data-parallel over 2 host CPU devices (the demo config's mesh is data=-1):
+# 0.324 s per step against 0.367 s on one device and 0.399 s on 8, on 2 cores
+# (kosmos.bench.train_step, docs/performance.md "Demo, tenth session"). Only when jax is
+# not imported yet and XLA_FLAGS does not set the count already.
+HOST_DEVICES = 2
+if ("jax" not in sys.modules
+    and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={HOST_DEVICES}").strip()
 
 from kosmos import configs  # pylint: disable=wrong-import-position
 
