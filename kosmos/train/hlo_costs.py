@@ -130,6 +130,24 @@ def parse(text: str) -> tuple[dict[str, list[Instr]], str | None]:
   return comps, entry
 
 
+def computation_texts(text: str) -> dict[str, list[str]]:
+  """{computation name: its lines} of an HLO module's text, header first (without
+  `ENTRY`), as `parse` splits it."""
+  out: dict[str, list[str]] = {}
+  current = None
+  for line in text.splitlines():
+    if current is None:
+      header = _COMP.match(line)
+      if header:
+        current = header.group(2)
+        out[current] = [line[len(header.group(1)):] if header.group(1) else line]
+    else:
+      out[current].append(line)
+      if line == "}":
+        current = None
+  return out
+
+
 def _callees(instr: Instr) -> list[tuple[str, str]]:
   """(computation, role) pairs an instruction calls; roles: body, condition, other."""
   if instr.opcode in _NO_CALL:

@@ -4,7 +4,7 @@ XLA's `cost_analysis()` counts a while loop's body ONCE, whatever its trip count
 a 16-layer `lax.scan` reports the FLOPs and `optimal_seconds` of one layer). A scanned
 model (`scan_layers`), gradient accumulation, the chunked loss, and the loops XLA:TPU
 writes itself (a windowed einsum, "collective matmul", is a while loop over weight shards:
-kosmos1 on v5p-64 has 27 of them, 8 iterations each, inside every layer) therefore look
+kosmos1 on v5p-64 had 53 of them, 8 iterations each, inside its layers) therefore look
 many times cheaper than they are.
 
 `from_hlo(text, counted_once)` (the default, no extra compile) counts every loop of the
@@ -155,25 +155,7 @@ def cost_with_loops(config: Any, run: Any, compile_cost: Callable[[Any], dict[st
 
 # ---------------------------------------------------------------------------- from the HLO
 
-_HEADER = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
 _FRAME = re.compile(r",?\s*stack_frame_id=\d+")
-
-
-def computation_texts(text: str) -> dict[str, list[str]]:
-  """{computation name: its lines} of an HLO module's text (header line first)."""
-  out: dict[str, list[str]] = {}
-  current = None
-  for line in text.splitlines():
-    if current is None:
-      header = _HEADER.match(line)
-      if header:
-        current = header.group(2)
-        out[current] = [line[len(header.group(1)):] if header.group(1) else line]
-    else:
-      out[current].append(line)
-      if line == "}":
-        current = None
-  return out
 
 
 def _reachable(comps: dict[str, list[hlo_costs.Instr]], root: str, into_loops: bool = True
@@ -239,16 +221,22 @@ def from_hlo(text: str, counted_once: dict[str, float]) -> dict[str, Any]:
     raise ValueError("no ENTRY computation in the HLO text")
   runs, unknown = hlo_costs.executions(comps, entry)
   once, _ = hlo_costs.executions(comps, entry, count_trips=False)
-  cost = _CpuCost(computation_texts(text), comps)
+  cost = _CpuCost(hlo_costs.computation_texts(text), comps)
 
-  nested: dict[str, list[str]] = {}  # region -> bodies and conditions of the loops in it
+  # region -> the computations it runs itself (not into loops), and the bodies and
+  # conditions of the loops among them; a body shared by two whiles is one region (its
+  # `runs` already sum both callers).
+  members: dict[str, list[str]] = {}
+  nested: dict[str, list[str]] = {}
   loops: list[tuple[hlo_costs.Instr, int | None, str]] = []  # (while, trip count, body)
-  regions, pending = [], [entry]
+  pending = [entry]
   while pending:
     region = pending.pop()
-    regions.append(region)
+    if region in members:
+      continue
+    members[region] = _reachable(comps, region, into_loops=False)
     nested[region] = []
-    for name in _reachable(comps, region, into_loops=False):
+    for name in members[region]:
       for instr in comps[name]:
         if instr.opcode != "while":
           continue
@@ -257,15 +245,15 @@ def from_hlo(text: str, counted_once: dict[str, float]) -> dict[str, Any]:
         loops.append((instr, hlo_costs.trip_count(instr, comps, comps[name]), body))
         nested[region] += [body, cond]
         pending += [body, cond]
-  inclusive = {r: cost(r) for r in set(regions)}
+  inclusive = {r: cost(r) for r in members}
   exclusive = {}
-  for region in set(regions):
+  for region in members:
     exclusive[region] = {k: inclusive[region][k] - sum(inclusive[n][k] for n in nested[region])
                          for k in inclusive[region]}
   # A region's runs are those of its first computation: `runs` already multiplies trips.
   total = collections.Counter()
   counted = collections.Counter()
-  for region in regions:
+  for region in members:
     for k, v in exclusive[region].items():
       total[k] += v * runs.get(region, 0)
       counted[k] += v * once.get(region, 0)
@@ -285,7 +273,7 @@ def from_hlo(text: str, counted_once: dict[str, float]) -> dict[str, Any]:
   out["check"] = {"flops_summed_once": float(counted["flops"]),
                   "xla_flops": counted_once.get("flops"),
                   "estimated_cycles": cycles[0], "estimated_cycles_once": cycles[1]}
-  out["loops"] = _loop_rows(loops, exclusive, comps, runs, cycles[0])
+  out["loops"] = _loop_rows(loops, exclusive, members, comps, runs, cycles[0])
   out["unknown_trip_counts"] = unknown
   return out
 
@@ -301,7 +289,7 @@ def _cycles(comps: dict[str, list[hlo_costs.Instr]], runs: dict[str, int]) -> fl
   return total
 
 
-def _loop_rows(loops, exclusive, comps, runs, all_cycles) -> list[dict[str, Any]]:
+def _loop_rows(loops, exclusive, members, comps, runs, all_cycles) -> list[dict[str, Any]]:
   """One row per loop kind (same name and trip count), largest share of cycles first; a
   loop's FLOPs and cycles are its body's own ops (loops nested in it have their own rows)."""
   rows: dict[tuple[str, int | None], dict[str, Any]] = {}
@@ -313,8 +301,7 @@ def _loop_rows(loops, exclusive, comps, runs, all_cycles) -> list[dict[str, Any]
     row["loops"] += 1
     row["executions"] += n
     row["flops"] += exclusive[body]["flops"] * n
-    row["cycles"] += _cycles({c: comps[c] for c in _reachable(comps, body, into_loops=False)},
-                             dict.fromkeys(comps, n))
+    row["cycles"] += _cycles({c: comps[c] for c in members[body]}, dict.fromkeys(comps, n))
   out = sorted(rows.values(), key=lambda r: -r["cycles"])
   for row in out:
     row["cycles_share"] = row.pop("cycles") / all_cycles if all_cycles else None

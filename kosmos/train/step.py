@@ -255,9 +255,9 @@ def compiler_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   tpu = mesh.devices.flat[0].platform == "tpu"
   options = {}
   for item in filter(None, (part.strip() for part in text.split(","))):
-    name, sep, value = item.partition("=")
-    if not sep or not name.strip():
+    name, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or not name:
       raise ValueError(f"train.xla_options: expected name=value, got {item!r} in {text!r}")
-    if tpu or not name.strip().startswith("xla_tpu_"):
-      options[name.strip()] = value.strip()
+    if tpu or not name.startswith("xla_tpu_"):
+      options[name] = value
   return options or None
