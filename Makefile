@@ -32,15 +32,11 @@ setup: $(STAMP) system
 demo: setup
 	$(PY) -m kosmos.demo --out demo_out
 
-# Two phases: the tests in parallel, then the `solo` ones (whole demo runs that use both
-# cores themselves) alone, so that their time is their own (pytest.ini).
 test: setup
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow and not solo" tests
-	$(PY) -m pytest -m "solo and not slow" tests
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow" tests
 
 test-all: setup
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not solo" tests
-	$(PY) -m pytest -m solo tests
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,16 +1,15 @@
 """`make demo` end to end: prepare -> train -> few-shot eval -> HF export -> report.
 
-Fast tests: the binding and induction tasks, the colour runs, the image ablation, the prompt
-options and the init scale on a tiny world. `test_demo_short` runs `python -m kosmos.demo
---short` at seeds 0 and 1 (marked `solo`: `make test` runs it alone after the parallel
-tests, since the run uses both cores itself): every stage's outputs (report, pictures), the
-HF export answering as the JAX model does, the loss falling, VQA colour questions above the
+Fast tests: the binding and induction tasks, the colour runs, the image ablation, the
+prompt options and the init scale on a tiny world. `test_demo_short` runs `python -m
+kosmos.demo --short` at seeds 0 and 1: every stage's outputs (report, pictures), the HF
+export answering as the JAX model does, the loss falling, VQA colour questions above the
 image-ablated model, 0-shot binding at chance, and task induction at 4 shots above 0 shots
 beyond 2 standard errors. The full plan (`make demo`, marked slow) asserts that the images
 are used: captioning CIDEr and colour accuracy above the same model with gray images, and
 induction far above 0 shots and above gray images. Binding is not asserted at demo scale:
-4-shot binding stays at chance in the demo's budget (docs/performance.md, "Demo"; the copy
-circuit is studied with `python -m kosmos.bench.binding`). The full plan also reports
+4-shot binding stays at chance in the demo's budget (docs/performance.md, "Demo"; the
+copy circuit is studied with `python -m kosmos.bench.binding`). The full plan also reports
 referring accuracy with real and gray images and OUT/boxes.png; grounding is not asserted at
 demo scale either: the demo model does not learn to localise in 700 steps
 (docs/performance.md, "Demo grounding")."""
@@ -194,7 +193,6 @@ def _two_se(p: float, q: float, n: int) -> float:
   return 200 * ((a * (1 - a) + b * (1 - b)) / n) ** 0.5
 
 
-@pytest.mark.solo  # `make test` runs it alone, after the parallel tests (pytest.ini)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_demo_short(tmp_path, seed):
   """The short plan: the whole pipeline, the loss falls, the images are used (colour
