@@ -114,16 +114,43 @@ def test_pope_through_kosmos_eval_chat(workdir, tmp_path):
 
 
 class _RecordingEngine:
-  """Records the prompts `run_trial` generates for and answers "No." to each."""
+  """Records the prompts `run_trial` generates for and answers `answer` to each."""
   image_size, grounding = 32, None
 
-  def __init__(self):
+  def __init__(self, answer="No."):
     self.prompts = []
+    self.answer = answer
 
   def generate(self, prompts, **kwargs):
     from kosmos.infer import engine as engine_lib
     self.prompts += [list(p) for p in prompts]
-    return [engine_lib.Generation(text="No.", tokens=[], logprob=0.0, score=0.0) for _ in prompts]
+    return [engine_lib.Generation(text=self.answer, tokens=[], logprob=0.0, score=0.0)
+            for _ in prompts]
+
+
+@pytest.mark.parametrize("raw, plain, chatted", [
+    # A base model's continuation runs on into a question and answer of its own: only the
+    # text before the next marker is its answer to POPE's question.
+    (" yes Question: Is there a cat in the image? Answer: no", "yes", "no"),
+    (" yes\nIs there a cat? no", "yes", "no"),
+    (" no Question: Is there a cat in the image? Answer: yes", "no", "no"),
+    ("Yes, there is a dog in the image.", "yes", "yes"),
+])
+def test_pope_reads_a_plain_prompt_answer_before_its_run_on(tmp_path, raw, plain, chatted):
+  """Without --chat the answer is cut at the next "Question"/"Answer" marker or newline
+  before POPE's rule; with --chat POPE's rule reads the whole assistant turn, as its
+  evaluate.py does."""
+  from kosmos.eval import runner
+  _write_pope(str(tmp_path), "random", ROWS[:1])
+  task = tasks_lib.load_task("pope", str(tmp_path))
+  engine = _RecordingEngine(raw)
+  [pred] = runner.run_trial(engine, task, task.test, [[]], text_only=False,
+                            settings=runner.Settings())
+  assert (pred["prediction"], pred["raw"]) == (plain, raw)
+  assert engine.prompts[0][-1]["text"] == "Question: Is there a dog in the image? Answer:"
+  [pred] = runner.run_trial(engine, task, task.test, [[]], text_only=False,
+                            settings=runner.Settings(), chat_template=chat.get("llava_v1"))
+  assert pred["prediction"] == chatted
 
 
 def test_chat_query_is_the_question_not_the_vqa_prompt(tmp_path):

@@ -53,10 +53,17 @@ def postprocess_caption_openflamingo(text: str) -> str:
   return text.split("Output", 1)[0].replace('"', "")
 
 
+def cut_run_on(text: str) -> str:
+  """A generated continuation before the next "Question"/"Answer"/"Short" marker or newline:
+  a model prompted "Question: ... Answer:" without a chat template goes on to ask and answer
+  questions of its own ("yes Question: is there a car? Answer: no")."""
+  return _VQA_CUT.split(text, maxsplit=1)[0]
+
+
 def postprocess_vqa(text: str) -> str:
   """A generated continuation -> the first short answer (before any "Question"/"Answer"/
   "Short" marker, newline or ", "), stripped of whitespace and trailing periods."""
-  answer = _VQA_CUT.split(text, maxsplit=1)[0]
+  answer = cut_run_on(text)
   return _TRAILING.sub("", answer.split(", ", 1)[0].strip())
 
 

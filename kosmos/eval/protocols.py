@@ -131,15 +131,21 @@ def apply(protocol: Protocol, task: Task, explicit_options: frozenset[str] = fro
   return task
 
 
-def postprocess_fn(protocol: Protocol, task: Task) -> Callable[[str], str]:
-  """Generated text -> prediction, for a caption or VQA task."""
+def postprocess_fn(protocol: Protocol, task: Task, chat: bool = False) -> Callable[[str], str]:
+  """Generated text -> prediction, for a caption or VQA task; `chat`: the answers are
+  assistant turns of a chat template (ended by its stop string)."""
   if task.kind == CAPTION:
     return (metrics.postprocess_caption_openflamingo if protocol.postprocess == OPENFLAMINGO
             else metrics.postprocess_caption)
   if task.kind != VQA:
     raise ValueError(f"task {task.name!r} of kind {task.kind!r} does not generate text")
-  if task.metric == metrics.POPE_F1:  # POPE reads yes / no from the whole answer
-    return metrics.pope_answer
+  if task.metric == metrics.POPE_F1:
+    # POPE's evaluate.py reads yes / no from a chat model's whole answer. Without a chat
+    # template the continuation of "Question: ... Answer:" runs on into questions and
+    # answers of its own, which that rule would read too: cut it at the next marker first.
+    if chat:
+      return metrics.pope_answer
+    return lambda text: metrics.pope_answer(metrics.cut_run_on(text))
   post = (metrics.postprocess_vqa_openflamingo if protocol.postprocess == OPENFLAMINGO
           else metrics.postprocess_vqa)
   if protocol.okvqa_stem and task.name == "okvqa":

@@ -263,7 +263,7 @@ def run_trial(engine: engine_lib.Engine, task: tasks_lib.Task, queries: Sequence
       num_beams=settings.caption_beams if caption else settings.vqa_beams,
       length_penalty=settings.length_penalty, batch_size=settings.batch_size,
       stop_strings=settings.stop_strings, progress=progress)
-  post = protocols_lib.postprocess_fn(protocol, task)
+  post = protocols_lib.postprocess_fn(protocol, task, chat=chat_template is not None)
   for q, g in zip(queries, gens):
     out.append({"id": q.id, "prediction": post(g.text), "raw": g.text,
                 "references": list(q.references)})

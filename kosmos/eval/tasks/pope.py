@@ -11,7 +11,9 @@ frequent COCO objects, the objects that co-occur most with the present ones); ea
 own task file (`split=` option of `pope`). Images are `image_dir/<image>` (COCO val2014).
 
 The model answers freely; `kosmos.eval.metrics.pope_answer` turns the answer into yes / no
-as POPE's evaluate.py does, and the task reports accuracy, precision, recall, F1 (the row
+as POPE's evaluate.py does (without `--chat`, after cutting the continuation at the next
+"Question"/"Answer" marker or newline: a base model's answer runs on into questions of its
+own), and the task reports accuracy, precision, recall, F1 (the row
 value) and the yes-ratio (`metrics.pope`). POPE is zero-shot: it has no demonstration
 split, so no demonstrations are shown at any shot count (`--shots 0`).
 """
