@@ -449,3 +449,42 @@ def test_flickr_entities_bad_annotation_files_are_counted(tmp_path):
   task = tasks_lib.load_task("flickr30k_entities", str(tmp_path))
   assert {e.id.split("_")[0] for e in task.test} == {"1000"} and len(task.test) == 5
   assert task.skipped["bad_annotation"] == 3
+
+
+# ----------------------------------------------------------------------------- EXIF
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_boxes_turn_with_the_exif_orientation(orientation):
+  """A red box drawn on the stored pixels of a JPEG tagged with an EXIF orientation: after
+  `images.decode` (turned upright by Pillow's exif_transpose, resized, centre-cropped) the
+  red is where `crop_boxes` puts the box, and `predicted_box` maps a box generated there
+  back onto the stored pixels (the frame of the dataset's boxes)."""
+  from kosmos.data import images as images_lib
+  width, height, crop = 96, 64, 32  # upright: 48 x 32 or 32 x 48, the long side cropped
+  box = (20, 4, 50, 20)  # stored pixels, inside the crop whichever way the image turns
+  pixels = np.full((height, width, 3), 255, np.uint8)
+  pixels[box[1]:box[3], box[0]:box[2]] = (220, 0, 0)
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, format="JPEG", quality=95, exif=exif)
+  data = out.getvalue()
+  example = tasks_lib.Example(id="q", fields={"phrase": "it"}, references=(),
+                              image_bytes=(data,), boxes=(box,))
+  size = grounding_eval.image_size(example)
+  assert size == (width, height, orientation)
+  shown = images_lib.decode(data, crop).astype(int)
+  red = (shown[..., 0] > 150) & (shown[..., 1] < 100) & (shown[..., 2] < 100)
+  ys, xs = np.nonzero(red)
+  seen = (xs.min() / crop, ys.min() / crop, (xs.max() + 1) / crop, (ys.max() + 1) / crop)
+  [placed] = grounding_eval.crop_boxes([box], size, crop)
+  assert placed == pytest.approx(seen, abs=1.5 / crop), (placed, seen)
+  # A generated box on the crop (1-px cells) comes back on the stored pixels, 2 px a cell.
+  tagged = grounding_eval.object_text([box], size, crop, grid=crop)
+  back = grounding_eval.predicted_box("<grounding><phrase> it</phrase>", tagged, "it", size,
+                                      crop, crop)
+  assert back == pytest.approx(box, abs=2.01), back
+  for b in (placed, (0.1, 0.2, 0.5, 0.9)):
+    assert images_lib.orient_box(images_lib.orient_box(b, orientation), orientation,
+                                 inverse=True) == pytest.approx(b)

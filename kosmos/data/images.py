@@ -113,6 +113,45 @@ def _has_rotation(im: Image.Image) -> bool:
     return True
 
 
+# EXIF orientation (tag 0x0112) -> how a normalised point of the stored image lands on the
+# upright image that ImageOps.exif_transpose makes: (swap x and y, then flip x, flip y).
+# 6 is "rotate 90 degrees clockwise to view": (x, y) -> (1 - y, x).
+_ORIENTATIONS = {1: (False, False, False), 2: (False, True, False), 3: (False, True, True),
+                 4: (False, False, True), 5: (True, False, False), 6: (True, True, False),
+                 7: (True, True, True), 8: (True, False, True)}
+
+
+def orientation(im: Image.Image) -> int:
+  """The EXIF orientation (1-8) that `decode` applies to show `im` upright; 1 when there is
+  none, it is out of range, or the EXIF block is broken."""
+  try:
+    value = im.getexif().get(0x0112, 1)
+  except Exception:  # pylint: disable=broad-except
+    return 1
+  return value if value in _ORIENTATIONS else 1
+
+
+def swaps_axes(orientation_: int) -> bool:
+  """Whether the upright image is the stored one's height x width (orientations 5-8)."""
+  return _ORIENTATIONS.get(orientation_, _ORIENTATIONS[1])[0]
+
+
+def orient_box(box, orientation_: int, inverse: bool = False):
+  """A box normalised on the stored image -> normalised on the upright image `decode` shows
+  (EXIF `orientation_`); `inverse`: upright -> stored."""
+  swap, flip_x, flip_y = _ORIENTATIONS.get(orientation_, _ORIENTATIONS[1])
+  x1, y1, x2, y2 = (float(v) for v in box)
+  if swap and not inverse:
+    x1, y1, x2, y2 = y1, x1, y2, x2
+  if flip_x:  # the flips act on the upright axes both ways
+    x1, x2 = 1.0 - x2, 1.0 - x1
+  if flip_y:
+    y1, y2 = 1.0 - y2, 1.0 - y1
+  if swap and inverse:
+    x1, y1, x2, y2 = y1, x1, y2, x2
+  return (x1, y1, x2, y2)
+
+
 def _window(width: int, height: int, image_size: int) -> tuple[int, int, int, int]:
   """(resized width, resized height, crop left, crop top) of `resize_crop`."""
   scale = image_size / min(width, height)
