@@ -28,21 +28,22 @@ grounding).
 `arg` is the data root made by `python data/prepare.py shapes --output DATA` (+ the
 tokenizer, see kosmos/demo/runner.py); pages there hold up to 9 images so that 4-shot binding
 episodes (8 supports + a query) and 8-shot task-induction pages occur in training.
-Measured (docs/performance.md, "Demo, ninth session: the merged plan", 2026-12-05, seed 0,
-546 s for the whole `make demo`): in the default 700 steps the loss falls from 4.61 (first
-25 steps) to 0.56; task induction 5.8 / 54.6 / 54.6 / 52.1 / 47.9 % at 0/1/2/4/8 shots
-(gray images 2.9 / 32.5 / 32.9 / 32.5 / 32.5); colour questions 68.3 / 73.3 / 67.5 / 64.2
-at 0/1/2/4 shots against 22.5 with gray images; CIDEr 111.3 / 128.1 / 141.1 / 122.0
-against 55.3 (without the grounded source, same section: CIDEr 235.6, colour 86.7 at 0
-shots; cause not isolated); referring 16.5 vs 14.5 with gray images; in-context fast binding
-does not emerge (chance at 4 shots). Two reasons, measured (docs/performance.md, Demo): the
-word follows the constant `</image>`, so the copy circuit must match two tokens back, which
-this decoder does not learn within 600 steps on symbolic episodes where the one-back match
-forms by 250 (`kosmos.bench.binding --layout kosmos`); and with images for keys it does not
-form even without `</image>`, with 2 tokens per image, binding-dense data and 3 000 steps,
-nor when the query image is a pixel-identical copy of its supports: the image token right
-before the word differs between an episode's two kinds by a third of the distance between
-two words or less (the attention pool averages mostly the shared background).
+Measured (docs/performance.md, "Demo, eleventh session", 2026-12-06, seed 0, 2 host devices,
+8 min 21 s for the whole `make demo`): in the default 700 steps the loss falls from 4.61
+(first 25 steps) to 0.57; task induction 4.2 / 50.4 / 49.2 / 42.9 / 40.8 % at 0/1/2/4/8
+shots (gray images 4.6 / 34.2 / 30.4 / 30.4 / 30.4); colour questions 57.5 / 59.2 / 56.7 /
+53.3 at 0/1/2/4 shots against 15.0-31.7 with gray images; CIDEr 85.2 / 108.0 / 102.3 / 110.9
+against 35.8-68.6 (without the grounded source, "Demo, ninth session": CIDEr 235.6, colour
+86.7 at 0 shots; cause not isolated); referring 19.5 vs 16.5 with gray images; in-context
+fast binding does not emerge (chance at 4 shots). Two reasons, measured
+(docs/performance.md, Demo): the word follows the constant `</image>`, so the copy circuit
+must match two tokens back, which this decoder does not learn within 600 steps on symbolic
+episodes where the one-back match forms by 250 (`kosmos.bench.binding --layout kosmos`); and
+with images for keys it does not form even without `</image>`, with 2 tokens per image,
+binding-dense data and 3 000 steps, nor when the query image is a pixel-identical copy of
+its supports: the image token right before the word differs between an episode's two kinds
+by a third of the distance between two words or less (the attention pool averages mostly the
+shared background).
 """
 
 import ml_collections
