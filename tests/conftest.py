@@ -5,3 +5,22 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist loadfile` (each test file on one worker, its module fixtures made once), except
+  that the seeds of `test_demo_short` are work units of their own: each is a whole demo run
+  of several minutes, and two of them in a row on one worker were the suite's long pole
+  (docs/performance.md, "Demo, eleventh session")."""
+  if config.getoption("dist", "no") != "loadfile":
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+  class _Scheduling(LoadScopeScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      if "::test_demo_short[" in nodeid:
+        return nodeid
+      return nodeid.split("::", 1)[0]
+
+  return _Scheduling(config, log)
