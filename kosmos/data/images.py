@@ -106,11 +106,17 @@ def decode_sized(data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIX
   return resize_crop(im, image_size), im.size  # upright (and maybe drafted): what is cropped
 
 
-def _has_rotation(im: Image.Image) -> bool:
+def _exif_orientation(im: Image.Image) -> int | None:
+  """The EXIF orientation tag (1 when absent); None when the EXIF block is broken."""
   try:
-    return im.getexif().get(0x0112, 1) != 1
-  except Exception:  # a broken EXIF block: decode without draft, exif_transpose decides
-    return True
+    return im.getexif().get(0x0112, 1)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _has_rotation(im: Image.Image) -> bool:
+  # A broken EXIF block counts: decode without draft, exif_transpose decides.
+  return _exif_orientation(im) != 1
 
 
 # EXIF orientation (tag 0x0112) -> how a normalised point of the stored image lands on the
@@ -124,10 +130,7 @@ _ORIENTATIONS = {1: (False, False, False), 2: (False, True, False), 3: (False, T
 def orientation(im: Image.Image) -> int:
   """The EXIF orientation (1-8) that `decode` applies to show `im` upright; 1 when there is
   none, it is out of range, or the EXIF block is broken."""
-  try:
-    value = im.getexif().get(0x0112, 1)
-  except Exception:  # pylint: disable=broad-except
-    return 1
+  value = _exif_orientation(im)
   return value if value in _ORIENTATIONS else 1
 
 

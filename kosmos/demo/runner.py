@@ -1,7 +1,7 @@
 """`make demo`: the whole stack on a laptop, in minutes on 2 CPU cores.
 
     python -m kosmos.demo --out demo_out           # full: 700 steps, 498 s on 2 cores (measured)
-    python -m kosmos.demo --out demo_out --short   # 250 steps, 146-180 s alone (tests/test_demo.py)
+    python -m kosmos.demo --out demo_out --short   # 250 steps, 146-196 s alone (tests/test_demo.py)
 
 Stages, each the real code path a user would run by hand:
 
